@@ -1,0 +1,160 @@
+"""The genlab command line (Typer). Parse -> resolve config -> call the library; no logic here."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import registry
+from .errors import GenlabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="genlab: train, sample, evaluate, diagnose and compare generative models.")
+
+LIST_KINDS = {"models": "model", "datasets": "dataset", "families": "family", "losses": "loss",
+              "regularizers": "regularizer", "nets": "net", "features": "features"}
+
+
+def user_errors(fn):
+    """Turn the library's user-facing errors into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (GenlabError, registry.RegistryError) as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _overrides(dataset, steps, batch_size, out, name, device, seed, data_root) -> dict:
+    """CLI flags as a config layer (only the flags that were given)."""
+    layer: dict = {}
+    for key, value in (("out", out), ("name", name), ("device", device), ("seed", seed)):
+        if value is not None:
+            layer[key] = value
+    data = {k: v for k, v in (("name", dataset), ("root", data_root)) if v is not None}
+    train = {k: v for k, v in (("steps", steps), ("batch_size", batch_size)) if v is not None}
+    if data:
+        layer["data"] = data
+    if train:
+        layer["train"] = train
+    return layer
+
+
+@app.command()
+@user_errors
+def train(
+    model: str = typer.Argument(..., help="Registered model name (see `genlab list models`), e.g. wgan-gp."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of config deltas."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key: --set gan.n_critic=3 (repeatable)."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset name (see `genlab list datasets`), or folder:PATH."),
+    steps: Optional[int] = typer.Option(None, help="Total training steps (generator updates for GANs)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per update."),
+    out: Optional[Path] = typer.Option(None, help="Parent directory of run directories [default: runs]."),
+    name: Optional[str] = typer.Option(None, help="Run directory name [default: MODEL-DATASET-TIMESTAMP]."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
+    seed: Optional[int] = typer.Option(None, help="Seed for every RNG (model init, data order, noise)."),
+    data_root: Optional[Path] = typer.Option(None, help="Where torchvision datasets live [default: $GENLAB_DATA or ~/.cache/genlab/data]."),
+    resume: Optional[Path] = typer.Option(None, help="Continue RUN_DIR exactly where its last checkpoint left off."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+):
+    """Train MODEL; writes a run directory (config.yaml, checkpoints/, samples/, tb/, metrics.jsonl)."""
+    from . import config as C
+
+    layer = _overrides(dataset, steps, batch_size, str(out) if out else None, name, device, seed,
+                       str(data_root) if data_root else None)
+    if resume is not None:
+        cfg = _resume_config(model, resume, config, layer, set_)
+    else:
+        cfg = C.resolve(model, str(config) if config else None, layer, set_)
+    if dry_run:
+        typer.echo(C.dump(cfg), nl=False)
+        return
+    from .train import Trainer, default_run_dir
+
+    run_dir = resume if resume is not None else default_run_dir(cfg)
+    if resume is None and (run_dir / "checkpoints" / "last.pt").exists():
+        raise C.ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --name")
+    result = Trainer(cfg, run_dir, resume=resume is not None, show_progress=progress).run()
+    typer.echo(f"finished step {result['step']} in {result['wall_time']:.0f}s -> {result['run_dir']}")
+
+
+def _resume_config(model: str, run_dir: Path, config: Optional[Path], layer: dict, sets: List[str]):
+    from . import config as C
+    from .errors import RunError
+
+    if not (run_dir / "config.yaml").is_file():
+        raise RunError(f"cannot resume {run_dir}: not a genlab run directory (no config.yaml)")
+    saved = C.read_yaml(run_dir / "config.yaml")
+    if saved.get("model") != model:
+        raise RunError(f"cannot resume {run_dir}: it is a run of {saved.get('model')!r}, not {model!r}")
+    layers = [saved] + ([C.read_yaml(config)] if config else []) + [layer, C.parse_set(sets)]
+    return C.build(layers)
+
+
+@app.command()
+@user_errors
+def sample(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `genlab train`."),
+    n: int = typer.Option(64, "-n", "--n", help="Number of samples (grid cells)."),
+    out: Optional[Path] = typer.Option(None, help="Output PNG [default: RUN_DIR/samples/sample-CKPT-seedS.png]."),
+    seed: int = typer.Option(0, help="Sampling seed (same seed -> same images)."),
+    checkpoint: str = typer.Option("last", help="last | best | step-N."),
+    interpolate: bool = typer.Option(False, "--interpolate", help="Write a grid of latent interpolations instead."),
+    steps: int = typer.Option(10, help="With --interpolate: images per row."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+):
+    """Write a PNG grid of samples from a trained run (or of latent interpolations)."""
+    from .report.plots import save_image_grid, save_samples
+    from .runs import load_run, seeded
+
+    run = load_run(run_dir, checkpoint, device)
+    kind = "interp" if interpolate else "sample"
+    out = out or run_dir / "samples" / f"{kind}-{checkpoint}-seed{seed}.png"
+    with run.sampling():
+        if interpolate:
+            if not hasattr(run.family, "interpolate") or run.info.kind != "image":
+                raise GenlabError(f"{run.cfg.model} on {run.info.name} does not support --interpolate")
+            rows = max(1, n // steps)
+            path = save_image_grid(run.family.interpolate(rows, steps, seeded(seed)), out, nrow=steps)
+        else:
+            path = save_samples(run.family.sample(n, seeded(seed)), run.info, out, title=f"{run.cfg.model} step {run.step}")
+    typer.echo(f"wrote {path}")
+
+
+@app.command("list")
+@user_errors
+def list_(what: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(LIST_KINDS)} [default: all].")):
+    """List registered models, datasets, losses, regularizers, nets, families, feature extractors."""
+    kinds = LIST_KINDS if what is None else {what: LIST_KINDS.get(what)}
+    if None in kinds.values():
+        raise GenlabError(f"unknown list {what!r} (choose from: {', '.join(LIST_KINDS)})")
+    for title, kind in kinds.items():
+        names = registry.available(kind)
+        if kind == "model":
+            names = [_describe_model(m) for m in names]
+        typer.echo(f"{title}:")
+        for entry in names:
+            typer.echo(f"  {entry}")
+
+
+def _describe_model(name: str) -> str:
+    from .config import read_yaml, configs_dir
+
+    desc = read_yaml(configs_dir() / f"{name}.yaml").get("description", "")
+    return f"{name:<16} {desc}".rstrip()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

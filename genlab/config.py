@@ -1,0 +1,299 @@
+"""Every default lives in the dataclasses below; configs/<model>.yaml holds only differences.
+
+Resolution order (later wins): dataclass defaults -> configs/<model>.yaml -> --config FILE ->
+CLI flags (--steps, --dataset, ...) -> --set a.b=c. Each layer is validated against the
+dataclasses: an unknown key is an error naming the valid keys, and values are type-checked.
+
+The family's own options (losses, nets, optimizers, ...) are a dataclass registered with the
+family (`Family.Options`) and appear in the config under the family's name, e.g. `gan.n_critic`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import registry
+from .errors import GenlabError
+
+
+class ConfigError(GenlabError, ValueError):
+    """A bad config key or value; the message is one line meant for the user."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"
+    root: str = ""  # where torchvision datasets live; "" -> $GENLAB_DATA or ~/.cache/genlab
+    resolution: int = 0  # 0 keeps the dataset's native size; folder: defaults to 64
+    channels: int = 0  # folder: 1 or 3 (0 -> 3)
+    binarize: bool = False  # dynamic binarisation: each batch re-sampled as Bernoulli(pixel)
+    streaming: bool = False  # folder: decode per batch instead of holding all images in memory
+    n_points: int = 100_000  # toy 2-D mixtures: size of the training pool
+    seed: int = 0  # seeds anything random about the data itself (toy points, stacking)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 5000
+    batch_size: int = 64
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3  # periodic step-N.pt files kept; last.pt is always kept
+    grid_size: int = 64  # samples in each periodic grid (fixed noise)
+    ema_decay: float = 0.0  # 0 disables; e.g. 0.999 keeps an EMA of the sampling weights
+    amp: bool = False  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the family's nets (CUDA only)
+    threads: int = 0  # torch intra-op threads on CPU; 0 -> all cores
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # evaluate during training every N steps (0 = never); keeps best.pt by FID
+    n: int = 2000  # generated samples for periodic evaluation (cheap, FID is biased by n)
+    metrics: str = "fid"
+    features: str = "auto"
+    ref: str = "test"
+    batch_size: int = 500
+
+
+@dataclass
+class DiagnoseConfig:
+    every: int = 0  # run the cheap mode-collapse diagnostics every N steps (0 = never)
+    n: int = 2500
+
+
+@dataclass
+class RunConfig:
+    model: str = ""
+    family: str = "gan"
+    description: str = ""
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out: str = "runs"
+    name: str = ""  # run directory name; "" -> <model>-<dataset>-<timestamp>
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
+    options: Any = None  # the family's Options dataclass; serialised under the family's name
+
+    def to_dict(self) -> dict:
+        d = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        d[self.family] = d.pop("options")
+        return d
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# ---------------------------------------------------------------------------------- building
+
+
+def family_options_class(family: str) -> type:
+    return registry.get("family", family).Options
+
+
+def build(layers: list[dict]) -> RunConfig:
+    """Merge validated dict layers over the defaults and build a typed RunConfig."""
+    family = "gan"
+    for layer in layers:
+        family = layer.get("family", family)
+    try:
+        opts_cls = family_options_class(family)
+    except registry.RegistryError as e:
+        raise ConfigError(str(e)) from None
+    merged = RunConfig(options=opts_cls()).to_dict()
+    for layer in layers:
+        _merge(merged, layer, schema=_schema(RunConfig, family, opts_cls), path="")
+    opts = _build_dataclass(opts_cls, merged.pop(family), family)
+    cfg = _build_dataclass(RunConfig, merged, "")
+    cfg.options = opts
+    return cfg
+
+
+def _schema(cls: type, family: str | None = None, opts_cls: type | None = None) -> dict:
+    hints = typing.get_type_hints(cls)
+    out = {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name != "options"}
+    if family is not None:
+        out[family] = opts_cls
+    return out
+
+
+def _merge(base: dict, layer: dict, schema: dict, path: str) -> None:
+    if not isinstance(layer, dict):
+        raise ConfigError(f"{path.rstrip('.') or 'config'}: expected a mapping, got {layer!r}")
+    for key, value in layer.items():
+        if key not in schema:
+            valid = ", ".join(sorted(schema))
+            raise ConfigError(f"unknown config key '{path}{key}' (valid keys here: {valid})")
+        typ = schema[key]
+        if dataclasses.is_dataclass(typ):
+            _merge(base.setdefault(key, {}), value, _schema(typ), f"{path}{key}.")
+        else:
+            base[key] = _coerce(value, typ, f"{path}{key}")
+
+
+def _build_dataclass(cls: type, values: dict, path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        typ, v = hints[f.name], values[f.name]
+        sub = f"{path}.{f.name}" if path else f.name
+        kwargs[f.name] = _build_dataclass(typ, v, sub) if dataclasses.is_dataclass(typ) else _coerce(v, typ, sub)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, typ: Any, path: str) -> Any:
+    """Check `value` against the annotation `typ`; allow int -> float and list -> tuple."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if typ is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            if a is type(None) and value is None:
+                return None
+        for a in args:
+            if a is not type(None):
+                try:
+                    return _coerce(value, a, path)
+                except ConfigError:
+                    pass
+        raise ConfigError(f"{path}: {value!r} is not a valid {typ}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif typ in (str, bool):
+        if type(value) is typ:
+            return value
+    elif origin in (tuple, list) and isinstance(value, (list, tuple)):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{path}: expected {len(args)} values, got {list(value)!r}")
+            return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        seq = [_coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(seq) if origin is tuple else seq
+    elif origin is dict or typ is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    name = getattr(typ, "__name__", str(typ))
+    raise ConfigError(f"{path}: expected {name}, got {value!r} ({type(value).__name__})")
+
+
+# ---------------------------------------------------------------------------------- sources
+
+
+def configs_dir() -> Path:
+    """configs/ beside the package in a checkout, else the copy installed as genlab.configs."""
+    here = Path(__file__).resolve().parent.parent / "configs"
+    if here.is_dir():
+        return here
+    return Path(str(resources.files("genlab.configs")))
+
+
+def model_names() -> list[str]:
+    return sorted(p.stem for p in configs_dir().glob("*.yaml"))
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return data
+
+
+def model_layer(model: str) -> dict:
+    path = configs_dir() / f"{model}.yaml"
+    if not path.is_file():
+        registry.get("model", model)  # raises with a did-you-mean
+    layer = read_yaml(path)
+    layer.setdefault("model", model)
+    return layer
+
+
+def parse_set(items: list[str]) -> dict:
+    """['a.b=3', 'c=x'] -> {'a': {'b': 3}, 'c': 'x'}; values are parsed as YAML scalars/lists."""
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r} conflicts with an earlier --set")
+        node[parts[-1]] = value
+    return out
+
+
+def resolve(model: str, config_file: str | None = None, overrides: dict | None = None,
+            sets: list[str] | None = None) -> RunConfig:
+    layers = [model_layer(model)]
+    if config_file:
+        layers.append(read_yaml(config_file))
+    if overrides:
+        layers.append(overrides)
+    if sets:
+        layers.append(parse_set(sets))
+    return build(layers)
+
+
+def dump(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a genlab run directory (no config.yaml)")
+    return build([read_yaml(path)])
+
+
+def register_models() -> None:
+    """Registry loader for kind 'model': one entry per configs/<name>.yaml."""
+    for name in model_names():
+        registry.register("model", name, configs_dir() / f"{name}.yaml")
+

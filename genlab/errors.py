@@ -1,0 +1,17 @@
+"""User-facing errors: the CLI prints their message on one line, without a traceback."""
+
+
+class GenlabError(Exception):
+    """Base class for errors caused by the user's input (config, data, checkpoints, runs)."""
+
+
+class CheckpointError(GenlabError):
+    """A checkpoint is missing, corrupt, foreign, or belongs to another model."""
+
+
+class RunError(GenlabError):
+    """A run directory cannot be used as asked (finished, missing, another model...)."""
+
+
+class TrainingDiverged(GenlabError):
+    """A loss became NaN/Inf; the last good checkpoint is left untouched."""

@@ -1,0 +1,136 @@
+"""The GAN family: one generator, one discriminator, a loss object and regularizer objects.
+
+Variants are configs, not branches: `loss: wasserstein` + a gradient_penalty regularizer and
+n_critic 5 is WGAN-GP; `loss: non_saturating` is the vanilla GAN; `loss: hinge` with
+`spectral_norm: true` is SN-GAN. The n_critic loop lives here (DESIGN.md), and each critic
+iteration gets its own real batch: the family asks the trainer for n_critic batches per step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..config import ConfigError, OptimConfig, RunConfig
+from ..losses import build_regularizers
+from ..registry import RegistryError, get, register
+from .base import eval_mode, in_batches, make_optimizer, randn, to_signed
+
+
+@dataclass
+class GANOptions:
+    generator: str = "auto"  # a registered net; auto -> dcgan-g for images, mlp-g for points
+    discriminator: str = "auto"  # auto -> dcgan-d / mlp-d
+    latent_dim: int = 100
+    g_width: int = 32
+    d_width: int = 32
+    g_norm: str = "batch"
+    d_norm: str = "batch"
+    spectral_norm: bool = False  # on every discriminator layer
+    loss: str = "non_saturating"
+    loss_args: dict = field(default_factory=dict)  # e.g. {a: 0, b: 1, c: 1} for least_squares
+    regularizers: list[dict] = field(default_factory=list)
+    n_critic: int = 1
+    g_optim: OptimConfig = field(default_factory=OptimConfig)
+    d_optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+def _net(name: str, auto: str, info) -> type:
+    if name == "auto":
+        name = f"{'dcgan' if info.kind == 'image' else 'mlp'}-{auto}"
+    try:
+        return get("net", name)
+    except RegistryError as e:
+        raise ConfigError(str(e)) from None
+
+
+@register("family", "gan")
+class GANFamily:
+    Options = GANOptions
+
+    def __init__(self, cfg: RunConfig, info, device: torch.device):
+        o: GANOptions = cfg.options
+        self.opts, self.info, self.device = o, info, device
+        shape = tuple(info.shape)
+        self.G = _net(o.generator, "g", info)(shape, latent_dim=o.latent_dim, width=o.g_width,
+                                              norm=o.g_norm).to(device)
+        self.D = _net(o.discriminator, "d", info)(shape, width=o.d_width, norm=o.d_norm,
+                                                  spectral_norm=o.spectral_norm).to(device)
+        try:
+            self.loss = get("loss", o.loss)(**o.loss_args)
+        except RegistryError as e:
+            raise ConfigError(str(e)) from None
+        except TypeError as e:
+            raise ConfigError(f"loss {o.loss!r}: {e}") from None
+        self.regularizers = build_regularizers(o.regularizers)
+        self.opt_g = make_optimizer(self.G.parameters(), o.g_optim)
+        self.opt_d = make_optimizer(self.D.parameters(), o.d_optim)
+        self.batches_per_step = o.n_critic
+        self.ema_module = self.G
+
+    # -- data conventions: images live in [-1, 1] inside the family, points as they are
+    def _prepare(self, x: Tensor) -> Tensor:
+        return to_signed(x) if self.info.kind == "image" else x.float()
+
+    def _to_output(self, x: Tensor) -> Tensor:
+        return ((x + 1) / 2).clamp(0, 1) if self.info.kind == "image" else x
+
+    def _noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return randn((n, self.opts.latent_dim), generator, self.device)
+
+    def train_step(self, batch: tuple[Tensor, Tensor], step: int) -> dict[str, float]:
+        reals = self._prepare(batch[0]).chunk(self.opts.n_critic)
+        logs: dict[str, float] = {}
+        for real in reals:
+            logs = self._critic_update(real)
+        fake = self.G(self._noise(reals[0].shape[0]))
+        g_loss = self.loss.g_loss(self.D(fake))
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        logs["g_loss"] = g_loss.item()
+        return logs
+
+    def _critic_update(self, real: Tensor) -> dict[str, float]:
+        with torch.no_grad():
+            fake = self.G(self._noise(real.shape[0]))
+        d_real, d_fake = self.D(real), self.D(fake)
+        d_loss = self.loss.d_loss(d_real, d_fake)
+        logs = {"d_loss": d_loss.item(), "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item()}
+        total = d_loss
+        for reg in self.regularizers:
+            term = reg(self.D, real, fake)
+            logs[reg.name] = term.item()
+            total = total + term
+        self.opt_d.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt_d.step()
+        return logs
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        with eval_mode(self.G):
+            return in_batches(lambda k: self._to_output(self.G(self._noise(k, generator))), n)
+
+    @torch.no_grad()
+    def interpolate(self, rows: int, steps: int, generator: torch.Generator | None = None) -> Tensor:
+        """rows x steps images: spherical interpolation between two random latents per row."""
+        a, b = self._noise(rows, generator), self._noise(rows, generator)
+        t = torch.linspace(0, 1, steps, device=self.device)[None, :, None]
+        a, b = a[:, None], b[:, None]
+        omega = torch.acos((a / a.norm(dim=-1, keepdim=True) * b / b.norm(dim=-1, keepdim=True)).sum(-1, keepdim=True).clamp(-1, 1))
+        so = torch.sin(omega).clamp_min(1e-6)
+        z = torch.sin((1 - t) * omega) / so * a + torch.sin(t * omega) / so * b
+        with eval_mode(self.G):
+            return self._to_output(self.G(z.reshape(rows * steps, -1)))
+
+    def state_dict(self) -> dict:
+        return {"G": self.G.state_dict(), "D": self.D.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])

@@ -1,0 +1,53 @@
+"""Reading run directories back: config + checkpoint -> a ready family (EMA applied for sampling)."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import checkpoint
+from .config import RunConfig, build
+from .data import DataInfo
+from .ema import EMA
+from .errors import RunError
+from .families.base import build_family
+from .train import select_device
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    cfg: RunConfig
+    family: object
+    info: DataInfo
+    step: int
+    checkpoint: str
+    ema: EMA | None
+
+    def sampling(self):
+        """Context in which family.sample uses the EMA weights (when the run kept an EMA)."""
+        return self.ema.applied(self.family.ema_module) if self.ema is not None else contextlib.nullcontext()
+
+
+def load_run(run_dir: str | Path, which: str = "last", device: str = "auto") -> LoadedRun:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise RunError(f"{run_dir} is not a genlab run directory (no config.yaml)")
+    path = checkpoint.resolve(run_dir, which)
+    ckpt = checkpoint.load(path)
+    cfg = build([ckpt["config"]])
+    dev = select_device(device)
+    info = DataInfo(**ckpt["data_info"])
+    family = build_family(cfg, info, dev)
+    family.load_state_dict(ckpt["family_state"])
+    ema = None
+    if ckpt.get("ema") is not None:
+        ema = EMA(family.ema_module, ckpt["ema"]["decay"])
+        ema.load_state_dict(ckpt["ema"], dev)
+    return LoadedRun(run_dir, cfg, family, info, ckpt["step"], which, ema)
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
