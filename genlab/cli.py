@@ -56,11 +56,11 @@ def train(
     dataset: Optional[str] = typer.Option(None, help="Dataset name (see `genlab list datasets`), or folder:PATH."),
     steps: Optional[int] = typer.Option(None, help="Total training steps (generator updates for GANs)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per update."),
-    out: Optional[Path] = typer.Option(None, help="Parent directory of run directories [default: runs]."),
-    name: Optional[str] = typer.Option(None, help="Run directory name [default: MODEL-DATASET-TIMESTAMP]."),
+    out: Optional[Path] = typer.Option(None, help="Parent directory of run directories (default: runs)."),
+    name: Optional[str] = typer.Option(None, help="Run directory name (default: MODEL-DATASET-TIMESTAMP)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
     seed: Optional[int] = typer.Option(None, help="Seed for every RNG (model init, data order, noise)."),
-    data_root: Optional[Path] = typer.Option(None, help="Where torchvision datasets live [default: $GENLAB_DATA or ~/.cache/genlab/data]."),
+    data_root: Optional[Path] = typer.Option(None, help="Where torchvision datasets live (default: $GENLAB_DATA or ~/.cache/genlab/data)."),
     resume: Optional[Path] = typer.Option(None, help="Continue RUN_DIR exactly where its last checkpoint left off."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
@@ -104,7 +104,7 @@ def _resume_config(model: str, run_dir: Path, config: Optional[Path], layer: dic
 def sample(
     run_dir: Path = typer.Argument(..., help="A run directory written by `genlab train`."),
     n: int = typer.Option(64, "-n", "--n", help="Number of samples (grid cells)."),
-    out: Optional[Path] = typer.Option(None, help="Output PNG [default: RUN_DIR/samples/sample-CKPT-seedS.png]."),
+    out: Optional[Path] = typer.Option(None, help="Output PNG (default: RUN_DIR/samples/sample-CKPT-seedS.png)."),
     seed: int = typer.Option(0, help="Sampling seed (same seed -> same images)."),
     checkpoint: str = typer.Option("last", help="last | best | step-N."),
     interpolate: bool = typer.Option(False, "--interpolate", help="Write a grid of latent interpolations instead."),
@@ -131,7 +131,7 @@ def sample(
 
 @app.command("list")
 @user_errors
-def list_(what: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(LIST_KINDS)} [default: all].")):
+def list_(what: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(LIST_KINDS)} (default: all).")):
     """List registered models, datasets, losses, regularizers, nets, families, feature extractors."""
     kinds = LIST_KINDS if what is None else {what: LIST_KINDS.get(what)}
     if None in kinds.values():
@@ -150,6 +150,10 @@ def _describe_model(name: str) -> str:
 
     desc = read_yaml(configs_dir() / f"{name}.yaml").get("description", "")
     return f"{name:<16} {desc}".rstrip()
+
+
+# Commands defined beside the subsystems they drive register themselves on `app`.
+from . import cli_compare, cli_diagnose, cli_eval  # noqa: E402,F401
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from .ema import EMA
 from .errors import RunError, TrainingDiverged
 from .families.base import build_family
 from .logger import RunLogger
+from .report.hparams import log_hparams
 from .report.plots import samples_to_tensorboard, save_samples
 
 GRID_SEED_OFFSET = 1_000_003  # fixed noise for grids, independent of the training RNG
@@ -87,6 +88,7 @@ class Trainer:
                            f"pass a larger --steps to continue training")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(dump(self.cfg))
+        log_hparams(self.run_dir, self.cfg, writer=self.logger.tb)  # visible in HParams while training
         images_per_step = cfg.batch_size * getattr(self.family, "batches_per_step", 1)
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.cfg.model or self.cfg.family, unit="step",
                    dynamic_ncols=True, disable=not self.show_progress, mininterval=0.5)
@@ -105,6 +107,8 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.3g}" for k, v in list(losses.items())[:4]}, refresh=False)
                     last_log, t_log = self.step, now
                 self._periodic(self.step, t_start)
+            log_hparams(self.run_dir, self.cfg, {**losses, "wall_time": self.wall_time}, step=self.step,
+                        writer=self.logger.tb)
         finally:
             bar.close()
             self.logger.close()
@@ -192,7 +196,7 @@ def _build_hooks(cfg: RunConfig) -> list[Hook]:
 
         hooks.append(Hook("eval", cfg.eval.every, eval_hook(cfg)))
     if cfg.diagnose.every > 0:
-        from .eval.periodic import diagnose_hook
+        from .eval.diagnose import diagnose_hook
 
         hooks.append(Hook("diagnose", cfg.diagnose.every, diagnose_hook(cfg)))
     return hooks

@@ -11,6 +11,9 @@ from genlab.families.base import build_family
 from genlab.registry import available
 
 SHAPES = {"image": (1, 28, 28), "points": (2,)}
+# Small sizes per family keep the smoke test at a few seconds: PixelCNN samples pixel by pixel,
+# so it gets a tiny net and 8x8 images (784 sequential forwards at 28x28 would dominate the suite).
+TINY = {"autoregressive": (["autoregressive.width=8", "autoregressive.layers=1"], (1, 8, 8))}
 
 
 def _random_batch(info: DataInfo, n: int):
@@ -22,8 +25,11 @@ def _random_batch(info: DataInfo, n: int):
 @pytest.mark.parametrize("model", available("model"))
 @pytest.mark.parametrize("kind", ["image", "points"])
 def test_model_trains_two_steps_and_samples(model, kind):
-    cfg = C.resolve(model, sets=["train.batch_size=4"])
-    info = DataInfo(name="random", kind=kind, shape=SHAPES[kind], num_classes=10)
+    family = C.model_layer(model).get("family", "gan")
+    sets, image_shape = TINY.get(family, ([], SHAPES["image"]))
+    cfg = C.resolve(model, sets=["train.batch_size=4", *sets])
+    shape = image_shape if kind == "image" else SHAPES[kind]
+    info = DataInfo(name="random", kind=kind, shape=shape, num_classes=10)
     if kind == "points" and not getattr(C.family_options_class(cfg.family), "supports_points", True):
         pytest.skip(f"{model} is image-only")
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ mnist (bundled), fashion-mnist, cifar10, svhn (torchvision), folder:PATH, ring8,
     sampler = make_sampler(cfg.data, data, 64, seed=0, device="cuda")
     x, y = sampler.next()                             # uint8 batch on the device
 """
-from . import folder, mnist, toy  # noqa: F401  (imported for their registrations)
+from . import folder, mnist, pairs, stacked, toy  # noqa: F401  (imported for their registrations)
 from .base import (BatchSampler, DataError, DataInfo, Dataset, available_datasets, load_dataset,
                    make_sampler, resize_images)
 from .folder import StreamingSampler, load_image_dir

@@ -1,0 +1,264 @@
+"""Feature extractors: images in [0, 1] -> (features, class probabilities), one forward for both.
+
+    ext = get_extractor("genlab-mnist", device="cpu")
+    feats, probs = ext.features_and_probs(x)   # x float (n, C, H, W) in [0, 1]; batched internally
+    ext.name, ext.fingerprint, ext.dim, ext.num_classes, ext.input_shape
+
+Registered (kind "features"):
+- `genlab-mnist`: genlab's evaluator CNN trained on MNIST (weights shipped in genlab/eval/weights);
+  128-d penultimate features, 10-way softmax. Default for 1-channel 28x28 data.
+- `inception`: torch-fidelity's InceptionV3 (TF-2015 weights) through torchmetrics' wrapper, 2048-d
+  pool features and softmax of the 1008 "logits_unbiased" (torch-fidelity's IS convention). Images are
+  turned into uint8 RGB (grey replicated) and resized to 299 inside the net with torch-fidelity's
+  TF1-compatible bilinear interpolation, so values match torch-fidelity. Needs `pip install
+  torch-fidelity` and its weights file present locally: genlab never downloads it.
+- `genlab-DATASET`: any evaluator trained by `genlab evaluator train DATASET` (found in
+  $GENLAB_CACHE/evaluators/).
+
+Preprocessing is part of the extractor (and of the reference-cache key): inputs are checked (finite,
+within [0, 1]) and quantised to 8 bits, exactly as real uint8 data and PNG-saved samples are, so real
+and generated images take the same path (clean-fid's argument about quantisation).
+`fingerprint` is the first 16 hex digits of the sha256 of the weights file; every metric record
+carries it, and records with different fingerprints are not comparable.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import Tensor
+
+from .. import registry
+from ..errors import GenlabError
+from .evaluator import evaluator_name, find_weights, load_evaluator, sha256_file
+
+FINGERPRINT_CHARS = 16
+
+# torch-fidelity's weights URL (torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3); used for
+# the error message when torch-fidelity itself is missing, otherwise read from the installed package.
+INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                 "weights-inception-2015-12-05-6726825d.pth")
+
+
+def cache_root() -> Path:
+    """genlab's cache directory: $GENLAB_CACHE, else ~/.cache/genlab."""
+    return Path(os.environ.get("GENLAB_CACHE") or Path.home() / ".cache" / "genlab")
+
+
+class Extractor:
+    """Base class: input checks, 8-bit quantisation, batching and inference mode.
+
+    Subclasses set name, fingerprint, dim, num_classes, input_shape and implement `_forward(x)` on a
+    prepared batch (float in [0, 1], quantised, on self.device) -> (features, probs)."""
+
+    name: str
+    fingerprint: str
+    dim: int
+    num_classes: int
+    input_shape: tuple
+    batch_size: int = 500
+    preprocessing: str = "[0,1] -> 8-bit quantised"
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, fingerprint={self.fingerprint}, dim={self.dim})"
+
+    # -- input checks shared by every extractor
+    def check_shape(self, shape: tuple) -> None:
+        """Raise GenlabError if images of shape (C, H, W) cannot go through this extractor."""
+        if tuple(shape) != tuple(self.input_shape):
+            raise GenlabError(
+                f"feature extractor {self.name} expects {'x'.join(map(str, self.input_shape))} images, got "
+                f"{'x'.join(map(str, shape))}; use --features inception, or train an evaluator for this "
+                f"dataset with `genlab evaluator train DATASET` and pass --features genlab-DATASET")
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.uint8:
+            return x.to(self.device).float().div_(255)
+        if not x.is_floating_point() or x.ndim != 4:
+            raise GenlabError(f"{self.name}: expected float images (n, C, H, W) in [0, 1], "
+                              f"got {x.dtype} {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise GenlabError(f"{self.name}: images contain NaN/Inf (did the model diverge?)")
+        lo, hi = x.min().item(), x.max().item()
+        if lo < -1e-4 or hi > 1 + 1e-4:
+            raise GenlabError(f"{self.name}: images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")
+        return x.to(self.device, torch.float32).clamp(0, 1).mul(255).round_().div_(255)
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    # -- the contract
+    def features_and_probs(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(features (n, dim), probs (n, num_classes)), float32 on the CPU, from one forward pass."""
+        if x.ndim != 4:
+            raise GenlabError(f"{self.name}: expected images (n, C, H, W), got shape {tuple(x.shape)}")
+        self.check_shape(tuple(x.shape[1:]))
+        feats, probs = [], []
+        with torch.inference_mode():
+            for i in range(0, x.shape[0], self.batch_size):
+                f, p = self._forward(self._prepare(x[i:i + self.batch_size]))
+                feats.append(f.float().cpu())
+                probs.append(p.float().cpu())
+        if not feats:
+            return torch.empty(0, self.dim), torch.empty(0, self.num_classes)
+        return torch.cat(feats), torch.cat(probs)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.features_and_probs(x)[0]
+
+    def probs(self, x: Tensor) -> Tensor:
+        return self.features_and_probs(x)[1]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "fingerprint": self.fingerprint, "dim": self.dim,
+                "num_classes": self.num_classes, "input_shape": list(self.input_shape),
+                "preprocessing": self.preprocessing}
+
+
+class GenlabExtractor(Extractor):
+    """A genlab evaluator CNN: penultimate-layer features and softmax probabilities."""
+
+    preprocessing = "[0,1] -> 8-bit quantised, native resolution"
+
+    def __init__(self, name: str, path: str | Path, device: str | torch.device = "cpu"):
+        super().__init__(device)
+        net, digest, meta = load_evaluator(path, self.device)
+        if meta.get("sha256") and meta["sha256"] != digest:
+            raise GenlabError(f"{path}: weights do not match {Path(path).with_suffix('.json').name} "
+                              f"(sha256 {digest[:12]} vs {meta['sha256'][:12]}); reinstall or retrain the evaluator")
+        self.name, self.path, self.net, self.meta = name, Path(path), net, meta
+        self.fingerprint = digest[:FINGERPRINT_CHARS]
+        self.dim, self.num_classes, self.input_shape = net.feature_dim, net.num_classes, tuple(net.shape)
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        feats, logits = self.net.features_and_logits(x)
+        return feats, logits.softmax(1)
+
+
+def inception_weights_path() -> Path:
+    """Where torch-fidelity's InceptionV3 weights must be: torch hub's checkpoints/ directory."""
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3 as url
+    except ImportError:
+        url = INCEPTION_URL
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+class InceptionExtractor(Extractor):
+    """torch-fidelity's InceptionV3 via torchmetrics (NoTrainInceptionV3), resizing like torch-fidelity."""
+
+    batch_size = 64
+    dim, num_classes, input_shape = 2048, 1008, (3, 299, 299)
+    preprocessing = "[0,1] -> uint8 RGB (grey replicated), TF1-bilinear resize to 299 (torch-fidelity)"
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        super().__init__(device)
+        path = inception_weights_path()
+        try:
+            import torch_fidelity  # noqa: F401
+            from torchmetrics.image.fid import NoTrainInceptionV3
+        except ImportError:
+            raise GenlabError(
+                f"the inception feature extractor needs torch-fidelity: pip install torch-fidelity; then place "
+                f"its weights file {path.name} in {path.parent}/ (download it from {INCEPTION_URL})") from None
+        if not path.is_file():
+            raise GenlabError(
+                f"Inception weights not found: place {path.name} in {path.parent}/ (download it from "
+                f"{INCEPTION_URL}); genlab never downloads it itself")
+        digest = sha256_file(path)
+        expected = path.stem.rsplit("-", 1)[-1]  # torch hub names files <name>-<sha256 prefix>.pth
+        if not digest.startswith(expected):
+            warnings.warn(f"{path}: sha256 starts with {digest[:8]}, not {expected} as its name says; "
+                          f"FID values may not be comparable with published ones", stacklevel=2)
+        try:  # refuse pickled code before torch-fidelity loads it with weights_only=False
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise GenlabError(f"{path} is corrupt or not a plain state dict ({str(e).splitlines()[0][:120]})") from None
+        # antialias=False: torch-fidelity's own TF1-compatible bilinear resize (torchmetrics' default differs)
+        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048", "logits_unbiased"],
+                                      feature_extractor_weights_path=str(path), antialias=False).to(self.device)
+        self.name, self.fingerprint, self.path = "inception", digest[:FINGERPRINT_CHARS], path
+
+    def check_shape(self, shape: tuple) -> None:
+        if len(shape) != 3 or shape[0] not in (1, 3):
+            raise GenlabError(f"inception takes 1- or 3-channel images, got shape {'x'.join(map(str, shape))}")
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = (x * 255).round().to(torch.uint8)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        feats, logits = self.net._torch_fidelity_forward(x)
+        return feats, logits.softmax(1)
+
+
+# ----------------------------------------------------------------------------- registry
+def _genlab_factory(name: str):
+    def make(device="cpu") -> GenlabExtractor:
+        path = find_weights(name)
+        if path is None:
+            raise GenlabError(f"weights of the {name} evaluator are missing (expected {name}.pt in genlab/eval/weights "
+                              f"or {cache_root() / 'evaluators'}); reinstall genlab or run "
+                              f"`genlab evaluator train {name.removeprefix('genlab-')}`")
+        return GenlabExtractor(name, path, device)
+    return make
+
+
+registry.register("features", "genlab-mnist", _genlab_factory("genlab-mnist"))
+registry.register("features", "inception", InceptionExtractor)
+
+
+def user_evaluators() -> list[str]:
+    folder = cache_root() / "evaluators"
+    return sorted(p.stem for p in folder.glob("genlab-*.pt")) if folder.is_dir() else []
+
+
+def available_extractors() -> list[str]:
+    return sorted(set(registry.available("features")) | set(user_evaluators()))
+
+
+def get_extractor(name: str, device: str | torch.device = "cpu") -> Extractor:
+    """The feature extractor `name` on `device` (registered names, or genlab-DATASET trained by the user)."""
+    if name in registry.available("features"):
+        return registry.get("features", name)(device)
+    if name.startswith("genlab-") and find_weights(name) is not None:
+        return _genlab_factory(name)(device)
+    try:
+        registry.get("features", name)  # raises with a did-you-mean
+    except registry.RegistryError as e:
+        raise GenlabError(f"{e}; user-trained evaluators: {', '.join(user_evaluators()) or 'none'}") from None
+    raise AssertionError("unreachable")
+
+
+def pick_extractor(info) -> str:
+    """--features auto: a genlab evaluator trained on this very dataset (and shape) if there is one,
+    else genlab-mnist for 1-channel 28x28 images, else inception."""
+    if info.kind != "image":
+        raise GenlabError(f"{info.name} is {info.kind} data: FID/KID/IS/PR/DC are image metrics; "
+                          f"use `genlab diagnose RUN_DIR` for 2-D toy data")
+    own = evaluator_name(info.name)
+    path = find_weights(own)
+    if own != "genlab-mnist" and path is not None:
+        meta_path = path.with_suffix(".json")
+        import json
+
+        shape = json.loads(meta_path.read_text()).get("shape") if meta_path.is_file() else None
+        if shape is not None and tuple(shape) == tuple(info.shape):
+            return own
+    if tuple(info.shape) == (1, 28, 28):
+        return "genlab-mnist"
+    return "inception"
+
+
+def resolve_extractor(features: str, info) -> tuple[str, bool]:
+    """'auto' | NAME -> (name, picked_automatically)."""
+    if features == "auto":
+        return pick_extractor(info), True
+    if info.kind != "image":
+        pick_extractor(info)  # raises the points-data error
+    return features, False

@@ -45,6 +45,13 @@ def _net(name: str, auto: str, info) -> type:
         raise ConfigError(str(e)) from None
 
 
+def _score_logs(key: str, out) -> dict[str, float]:
+    """Mean discriminator score for the logs. D may return a tensor of scores or a tuple whose first
+    field is the per-sample score (EBGAN's `Energy(energy, code)`); anything else is not logged."""
+    score = out[0] if isinstance(out, tuple) and out else out
+    return {key: score.mean().item()} if isinstance(score, Tensor) else {}
+
+
 @register("family", "gan")
 class GANFamily:
     Options = GANOptions
@@ -97,7 +104,7 @@ class GANFamily:
             fake = self.G(self._noise(real.shape[0]))
         d_real, d_fake = self.D(real), self.D(fake)
         d_loss = self.loss.d_loss(d_real, d_fake)
-        logs = {"d_loss": d_loss.item(), "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item()}
+        logs = {"d_loss": d_loss.item(), **_score_logs("d_real", d_real), **_score_logs("d_fake", d_fake)}
         total = d_loss
         for reg in self.regularizers:
             term = reg(self.D, real, fake)

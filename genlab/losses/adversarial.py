@@ -52,3 +52,39 @@ class LeastSquares:
 
     def g_loss(self, d_fake: Tensor) -> Tensor:
         return 0.5 * ((d_fake - self.c) ** 2).mean()
+
+
+def pulling_away(codes: Tensor) -> Tensor:
+    """EBGAN's pulling-away term: mean over pairs i != j of cos^2(s_i, s_j) for codes (n, ...).
+
+    It is 0 when the codes of a batch are mutually orthogonal and 1 when they are all parallel, so
+    adding it to the generator loss discourages mode collapse. Needs n >= 2."""
+    n = codes.shape[0]
+    if n < 2:
+        raise ValueError("the pulling-away term needs at least 2 codes")
+    s = F.normalize(codes.flatten(1), dim=1)
+    cos2 = (s @ s.t()).pow(2)
+    return (cos2.sum() - cos2.diagonal().sum()) / (n * (n - 1))
+
+
+@register("loss", "energy")
+class EnergyLoss:
+    """EBGAN (Zhao et al. 2017). D returns an `Energy` (energy, code) per sample, energy >= 0.
+
+        d_loss = E[energy(real)] + E[relu(margin - energy(fake))]
+        g_loss = E[energy(fake)] + pt_weight * pulling_away(code(fake))
+
+    `margin` is on the scale of the discriminator's energy (per-pixel MSE for autoencoder-d, images
+    in [-1, 1]); the paper's margins were for its own (unsquared, summed) energy."""
+
+    def __init__(self, margin: float = 1.0, pt_weight: float = 0.1):
+        self.margin, self.pt_weight = margin, pt_weight
+
+    def d_loss(self, d_real, d_fake) -> Tensor:
+        return d_real.energy.mean() + F.relu(self.margin - d_fake.energy).mean()
+
+    def g_loss(self, d_fake) -> Tensor:
+        loss = d_fake.energy.mean()
+        if self.pt_weight:
+            loss = loss + self.pt_weight * pulling_away(d_fake.code)
+        return loss

@@ -1,0 +1,139 @@
+"""Seconds for every sample-quality metric on N generated MNIST samples: genlab's one feature pass
+versus separate torchmetrics metric objects (each re-extracting features), in the same process.
+
+    python bench/bench_eval.py [RUN_DIR] [--n 10000] [--threads 1]
+
+Without RUN_DIR an untrained GAN (`genlab.config.resolve("gan")`) provides the samples: the timing
+does not depend on sample quality. Both sides use the genlab-mnist extractor and the same images:
+
+- genlab: sample in batches -> features_and_probs (one forward) -> compute_all(fid, kid, is, pr, dc).
+  Timed twice: with the real reference features computed in the timed region (no cache), and with
+  them from the reference cache (what `genlab eval` does after the first call).
+- torchmetrics: the N images are generated once (timed), then FrechetInceptionDistance,
+  KernelInceptionDistance(subsets=100, subset_size=1000) and InceptionScore(splits=10), each given the
+  extractor as its `feature=` module, are updated with real and/or fake images and computed; torchmetrics
+  has no precision/recall or density/coverage, so those come from one more feature pass through
+  genlab.eval.metrics.precision_recall and density_coverage (the way a separate prdc tool works).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import torch
+from torch import nn
+
+
+class FeatureModule(nn.Module):
+    """The extractor as a torchmetrics `feature=` module: features (FID/KID) or logits (IS)."""
+
+    def __init__(self, ext, output: str):
+        super().__init__()
+        self.ext, self.output = ext, output
+        self.num_features = ext.dim if output == "features" else ext.num_classes
+
+    def forward(self, x):
+        f, p = self.ext.features_and_probs(x)
+        return f if self.output == "features" else p.clamp_min(1e-30).log()  # IS applies softmax again
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", nargs="?", help="a genlab run directory (default: an untrained GAN)")
+    ap.add_argument("--n", type=int, default=10000)
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.inception import InceptionScore
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    from genlab import config as C
+    from genlab.data import DataInfo
+    from genlab.eval.evaluate import sample_features
+    from genlab.eval.features import get_extractor
+    from genlab.eval.metrics import compute_all, density_coverage, precision_recall
+    from genlab.eval.reference import get_reference, load_real
+    from genlab.families.base import build_family
+
+    if args.run_dir:
+        from genlab.runs import load_run
+
+        run = load_run(args.run_dir, "last", "cpu")
+        family, info, data_cfg, sampling, label = run.family, run.info, run.cfg.data, run.sampling, args.run_dir
+    else:
+        cfg = C.resolve("gan")
+        info = DataInfo("mnist", "image", (1, 28, 28), 10)
+        family, data_cfg, label = build_family(cfg, info, torch.device("cpu")), cfg.data, "untrained gan"
+        from contextlib import nullcontext as sampling
+    n, bs, seed = args.n, args.batch_size, 0
+    ext = get_extractor("genlab-mnist")
+    real_images = load_real(data_cfg, "test", n)[0]
+    print(f"samples: {label}; n = {n} fake vs {len(real_images)} real (mnist test); extractor {ext.name} "
+          f"{ext.fingerprint}; threads {torch.get_num_threads()}")
+
+    def genlab_pass(use_cache: bool) -> tuple[float, dict]:
+        t = time.perf_counter()
+        ref = get_reference(data_cfg, "test", n, ext, batch_size=bs, use_cache=use_cache, log=lambda m: None)
+        with sampling():
+            fake, probs = sample_features(family.sample, n, ext, bs, seed, info.shape)
+        out = compute_all(ref.features, fake, probs, seed=seed)
+        return time.perf_counter() - t, out
+
+    get_reference(data_cfg, "test", n, ext, batch_size=bs, log=lambda m: None)  # warm the cache
+    t_nocache, ours = genlab_pass(use_cache=False)
+    t_cache, _ = genlab_pass(use_cache=True)
+
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    with sampling():
+        fake_images = torch.cat([family.sample(min(bs, n - i), gen) for i in range(0, n, bs)])
+    real = real_images.float() / 255
+    t_sample = time.perf_counter() - t0
+    times = {}
+    t = time.perf_counter()
+    fid = FrechetInceptionDistance(feature=FeatureModule(ext, "features"), normalize=True)
+    for i in range(0, n, bs):
+        fid.update(real[i:i + bs], real=True)
+        fid.update(fake_images[i:i + bs], real=False)
+    tm = {"fid": fid.compute().item()}
+    times["FrechetInceptionDistance"] = time.perf_counter() - t
+    t = time.perf_counter()
+    kid = KernelInceptionDistance(feature=FeatureModule(ext, "features"), subsets=100, subset_size=1000,
+                                  normalize=True)
+    for i in range(0, n, bs):
+        kid.update(real[i:i + bs], real=True)
+        kid.update(fake_images[i:i + bs], real=False)
+    tm["kid_mean"] = kid.compute()[0].item()
+    times["KernelInceptionDistance"] = time.perf_counter() - t
+    t = time.perf_counter()
+    isc = InceptionScore(feature=FeatureModule(ext, "logits"), splits=10, normalize=True)
+    for i in range(0, n, bs):
+        isc.update(fake_images[i:i + bs])
+    tm["is_mean"] = isc.compute()[0].item()
+    times["InceptionScore"] = time.perf_counter() - t
+    t = time.perf_counter()
+    fr, ff = ext.features(real), ext.features(fake_images)
+    tm["precision"], tm["recall"] = precision_recall(fr, ff, k=3)
+    tm["density"], tm["coverage"] = density_coverage(fr, ff, k=5)
+    times["precision/recall + density/coverage (features again)"] = time.perf_counter() - t
+    t_tm = t_sample + sum(times.values())
+
+    print(f"\n{'genlab, one pass, reference computed (no cache)':<58} {t_nocache:8.2f} s")
+    print(f"{'genlab, one pass, reference from cache':<58} {t_cache:8.2f} s")
+    print(f"{'separate metric objects, total':<58} {t_tm:8.2f} s")
+    print(f"{'  sampling ' + str(n) + ' images once':<58} {t_sample:8.2f} s")
+    for name, sec in times.items():
+        print(f"  {name:<56} {sec:8.2f} s")
+    print(f"\nratio separate / one pass: {t_tm / t_nocache:.2f}x (no cache), {t_tm / t_cache:.2f}x (cached reference)")
+    print("\nvalues (genlab one pass vs separate objects):")
+    for k in ("fid", "kid_mean", "is_mean", "precision", "recall", "density", "coverage"):
+        print(f"  {k:<10} {ours[k]:12.6g} {tm[k]:12.6g}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""CLI commands of the evaluation subsystem (eval, ref, evaluator); registered on genlab.cli.app."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .cli import app, user_errors
+from .errors import GenlabError
+
+evaluator_app = typer.Typer(no_args_is_help=True, help="genlab's own evaluator networks (feature extractors).")
+app.add_typer(evaluator_app, name="evaluator")
+
+
+def _err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _features_line(record: dict, requested: str) -> str:
+    how = f"auto -> {record['extractor']}" if record.get("extractor_auto") else record["extractor"]
+    return f"features: {how} (fingerprint {record['extractor_fingerprint']})" + (
+        "" if requested in ("auto", record["extractor"]) else f" [asked: {requested}]")
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    run_dir: Optional[Path] = typer.Argument(None, help="A run directory written by `genlab train` (omit with --real-vs-real)."),
+    n: int = typer.Option(10000, "-n", "--n", help="Generated samples; the reference uses as many real images (at most the split size). Compare FID only at equal n."),
+    metrics: str = typer.Option("fid,kid,is,pr,dc", help="Comma-separated subset of fid,kid,is,pr,dc (or all)."),
+    features: str = typer.Option("auto", help="Feature extractor: auto (genlab-mnist for 1x28x28, else inception), genlab-mnist, inception, genlab-DATASET."),
+    ref: str = typer.Option("test", help="Reference split of the run's dataset: train | test."),
+    checkpoint: str = typer.Option("last", help="last | best | step-N."),
+    batch_size: int = typer.Option(500, help="Images per sampling / feature batch."),
+    seed: int = typer.Option(0, help="Sampling seed (also seeds KID subsets and the bootstrap)."),
+    bootstrap: int = typer.Option(0, help="B > 0 adds a 95% bootstrap interval for FID from B resamples."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    real_vs_real: Optional[str] = typer.Option(None, "--real-vs-real", help="DATASET: report the floor instead (a train subset vs the test split at equal n)."),
+    data_root: Optional[Path] = typer.Option(None, help="With --real-vs-real: where torchvision datasets live."),
+    save: bool = typer.Option(True, help="Append the record to RUN_DIR/eval.json and log it to RUN_DIR/tb."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full record as JSON instead of a table."),
+):
+    """Measure sample quality (FID, KID, IS, precision/recall, density/coverage) from one feature pass."""
+    from .eval.evaluate import append_record, evaluate, format_table, log_tensorboard
+    from .eval.evaluate import real_vs_real as floor
+    from .train import select_device
+
+    if (run_dir is None) == (real_vs_real is None):
+        raise GenlabError("give either RUN_DIR or --real-vs-real DATASET (not both)")
+    if real_vs_real is not None:
+        dev = str(select_device(device))
+        record = floor(real_vs_real, n, metrics, features, batch_size, seed, bootstrap,
+                              str(data_root) if data_root else "", dev, log=_err)
+        head = f"real vs real: {real_vs_real} train subset vs test split, n = {record['n_fake']} / {record['n_real']}"
+    else:
+        from .runs import load_run
+
+        run = load_run(run_dir, checkpoint, device)
+        record = evaluate(run, n, metrics, features, ref, batch_size, seed, bootstrap, log=_err)
+        head = (f"{record['model']} {checkpoint} (step {record['step']}) vs {record['ref_dataset']} {ref}: "
+                f"n_fake = {record['n_fake']}, n_real = {record['n_real']}")
+    if as_json:
+        typer.echo(json.dumps(record, indent=2))
+    else:
+        typer.echo(_features_line(record, features))
+        typer.echo(f"{head} (reference: {record['reference_cache']})")
+        typer.echo(format_table(record))
+    if run_dir is not None and save:
+        path = append_record(run_dir, record)
+        log_tensorboard(run_dir, record)
+        if not as_json:
+            typer.echo(f"wrote {path}")
+
+
+@app.command()
+@user_errors
+def ref(
+    dataset: str = typer.Argument(..., help="Dataset name (see `genlab list datasets`), or folder:PATH."),
+    split: str = typer.Option("test", help="train | test."),
+    features: str = typer.Option("auto", help="Feature extractor (auto, genlab-mnist, inception, genlab-DATASET)."),
+    n: Optional[int] = typer.Option(None, "-n", "--n", help="Real images (a seeded subset); default: the whole split."),
+    seed: int = typer.Option(0, help="Seed of the subset when n is smaller than the split."),
+    resolution: int = typer.Option(0, help="Resize images to this size first (0 keeps the native size), as data.resolution."),
+    channels: int = typer.Option(0, help="Convert to 1 or 3 channels first (0 keeps them), as data.channels."),
+    batch_size: int = typer.Option(500, help="Images per feature batch."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    data_root: Optional[Path] = typer.Option(None, help="Where torchvision datasets live."),
+):
+    """Compute (or validate) the cached reference features of real data for later evaluations."""
+    from .config import DataConfig
+    from .eval.features import get_extractor, resolve_extractor
+    from .eval.reference import get_reference, load_real
+    from .train import select_device
+
+    data_cfg = DataConfig(name=dataset, root=str(data_root) if data_root else "", resolution=resolution,
+                          channels=channels)
+    _, info = load_real(data_cfg, split, 2)
+    name, picked = resolve_extractor(features, info)
+    ext = get_extractor(name, select_device(device))
+    typer.echo(f"features: {'auto -> ' if picked else ''}{ext.name} (fingerprint {ext.fingerprint}, dim {ext.dim})")
+    r = get_reference(data_cfg, split, n, ext, seed=seed, batch_size=batch_size, log=_err)
+    typer.echo(f"{dataset} {split}: n = {r.n}, {r.status} -> {r.path}")
+
+
+@evaluator_app.command("train")
+@user_errors
+def evaluator_train(
+    dataset: str = typer.Argument(..., help="A labelled image dataset, e.g. mnist, fashion-mnist, cifar10."),
+    epochs: int = typer.Option(5, help="Passes over the training split."),
+    seed: int = typer.Option(0, help="Seeds the weights, the data order and the augmentation."),
+    out: Optional[Path] = typer.Option(None, help="Weights file (.pt; a .json is written beside it); "
+                                                  "default: $GENLAB_CACHE/evaluators/genlab-DATASET.pt."),
+    batch_size: int = typer.Option(128, help="Images per update."),
+    lr: float = typer.Option(3e-3, help="Peak learning rate of the one-cycle schedule (AdamW)."),
+    width: int = typer.Option(24, help="Channels of the first conv block (then 2x and 4x)."),
+    shift: int = typer.Option(2, help="Augmentation: random translations of up to this many pixels."),
+    threads: int = typer.Option(1, help="CPU threads (results are bit-reproducible for a fixed count)."),
+    data_root: Optional[Path] = typer.Option(None, help="Where torchvision datasets live."),
+):
+    """Train genlab's evaluator CNN on DATASET; it becomes feature extractor genlab-DATASET."""
+    import torch
+
+    from .eval.evaluator import EvaluatorTrainConfig, evaluator_name, train_evaluator, user_evaluator_dir
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    out = out or user_evaluator_dir() / f"{evaluator_name(dataset)}.pt"
+    if out.suffix != ".pt":
+        raise GenlabError(f"--out must end in .pt, got {out}")
+    cfg = EvaluatorTrainConfig(dataset=dataset, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
+                               width=width, shift=shift, data_root=str(data_root) if data_root else "")
+    meta = train_evaluator(cfg, out, log=typer.echo)
+    typer.echo(f"wrote {out} (sha256 {meta['sha256'][:16]}, test accuracy {meta['test_accuracy']:.4f}) "
+               f"and {out.with_suffix('.json').name}")
+    if out.resolve().parent == user_evaluator_dir().resolve():
+        typer.echo(f"use it with --features {out.stem}")
+    else:
+        typer.echo(f"to use it as --features {out.stem}, copy both files to {user_evaluator_dir()}/")

@@ -1,0 +1,226 @@
+"""One sampler -> one feature pass -> every metric, for any family (it needs only `sample`).
+
+    record = evaluate(load_run(run_dir), n=10000, metrics=("fid", "kid", "is", "pr", "dc"))
+
+Samples are drawn in batches from a seeded CPU generator, pushed through the extractor at once and
+dropped: only features (n x d float32) and class probabilities are kept, so 50k samples cost
+50k x 128 floats with genlab-mnist (25 MB), not 50k images. Every metric then comes from
+`metrics.compute_all` on those features and the cached reference features of real data.
+
+A record is self-describing (DESIGN.md): metrics, extractor name + fingerprint, reference dataset /
+split / n_real, n_fake, seed, checkpoint, step, timestamp, genlab version. Families with
+`log_likelihood(x)` (nats per example, x a uint8 batch as in training) also get NLL and bits/dim on
+the reference split. `RUN_DIR/eval.json` is a JSON list of records, newest last.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .. import __version__
+from ..config import DataConfig
+from ..errors import GenlabError
+from .features import Extractor, get_extractor, resolve_extractor
+from .metrics import ALL_METRICS, compute_all
+from .reference import Reference, _stderr, data_config_for, describe, get_reference, load_real
+
+EVAL_FILE = "eval.json"
+
+
+def parse_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
+    """'fid,kid' or ['fid', 'kid'] -> ('fid', 'kid'), checked against the known metrics."""
+    items = [m.strip().lower() for m in (metrics.split(",") if isinstance(metrics, str) else metrics)]
+    items = [m for m in items if m]
+    if items == ["all"]:
+        return ALL_METRICS
+    bad = [m for m in items if m not in ALL_METRICS]
+    if bad or not items:
+        raise GenlabError(f"unknown metric(s) {', '.join(bad) or '(none given)'}; choose from "
+                          f"{', '.join(ALL_METRICS)} (comma-separated) or all")
+    return tuple(dict.fromkeys(items))
+
+
+def sample_features(sample: Callable[[int, torch.Generator], Tensor], n: int, extractor: Extractor,
+                    batch_size: int, seed: int, shape: tuple, keep_probs: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Draw n samples in batches from `sample(k, generator)` and keep only their features / probs."""
+    if n < 2:
+        raise GenlabError(f"--n must be at least 2, got {n}")
+    if batch_size < 1:
+        raise GenlabError(f"--batch-size must be positive, got {batch_size}")
+    gen = torch.Generator().manual_seed(seed)
+    feats, probs = [], []
+    for i in range(0, n, batch_size):
+        x = sample(min(batch_size, n - i), gen)
+        if tuple(x.shape[1:]) != tuple(shape):
+            raise GenlabError(f"samples have shape {tuple(x.shape[1:])}, the data {tuple(shape)}")
+        f, p = extractor.features_and_probs(x)
+        feats.append(f)
+        if keep_probs:
+            probs.append(p)
+    return torch.cat(feats), (torch.cat(probs) if keep_probs else None)
+
+
+def likelihood(family, data_cfg: DataConfig, split: str, n: int, batch_size: int) -> dict[str, float]:
+    """NLL = -mean log p(x) (nats per image) and bits/dim = NLL / (D ln 2) on real `split` images.
+
+    `family.log_likelihood(x)` gets uint8 batches exactly as `train_step` does (the family applies its
+    own dequantisation / binarisation) and returns log p(x) in nats, one value per image."""
+    images, info = load_real(data_cfg, split, n)
+    device = getattr(family, "device", "cpu")
+    parts = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            logp = family.log_likelihood(images[i:i + batch_size].to(device))
+            parts.append(torch.as_tensor(logp).double().cpu().reshape(-1))
+    logp = torch.cat(parts)
+    if logp.shape[0] != len(images) or not torch.isfinite(logp).all():
+        raise GenlabError(f"log_likelihood returned {logp.shape[0]} values for {len(images)} images "
+                          f"({(~torch.isfinite(logp)).sum().item()} non-finite)")
+    nll = -logp.mean().item()
+    dims = math.prod(info.shape)
+    return {"nll_nats": nll, "bits_per_dim": nll / (dims * math.log(2)), "n_nll": len(images)}
+
+
+def evaluate(run, n: int = 10000, metrics: str | Sequence[str] = ALL_METRICS, features: str = "auto",
+             ref: str = "test", batch_size: int = 500, seed: int = 0, n_boot: int = 0,
+             extractor: Extractor | None = None, reference: Reference | None = None,
+             log: Callable[[str], None] = _stderr) -> dict:
+    """Evaluate a LoadedRun (see genlab.runs.load_run) -> a self-describing record (a dict)."""
+    metrics = parse_metrics(metrics)
+    name, picked = resolve_extractor(features, run.info)
+    device = getattr(run.family, "device", "cpu")
+    ext = extractor or get_extractor(name, device)
+    ext.check_shape(tuple(run.info.shape))
+    data_cfg = data_config_for(run.cfg.data)
+    t0 = time.perf_counter()
+    refs = reference or get_reference(data_cfg, ref, n, ext, batch_size=batch_size, log=log)
+    t_ref = time.perf_counter()
+    with run.sampling():
+        fake, probs = sample_features(run.family.sample, n, ext, batch_size, seed, run.info.shape,
+                                      keep_probs="is" in metrics)
+    t_feat = time.perf_counter()
+    values = compute_all(*_on(device, refs.features, fake, probs), metrics, n_boot=n_boot, seed=seed)
+    if hasattr(run.family, "log_likelihood"):
+        values.update(likelihood(run.family, data_cfg, ref, n, batch_size))
+    t_end = time.perf_counter()
+    return {
+        "kind": "samples", "model": run.cfg.model, "dataset": run.info.name,
+        "checkpoint": run.checkpoint, "step": run.step, "metrics": values,
+        "extractor": ext.name, "extractor_fingerprint": ext.fingerprint, "extractor_auto": picked,
+        **describe(refs), "n_fake": int(fake.shape[0]), "seed": seed, "n_boot": n_boot,
+        "timestamp": _now(), "genlab_version": __version__,
+        "seconds": {"reference": round(t_ref - t0, 2), "sample_and_features": round(t_feat - t_ref, 2),
+                    "metrics": round(t_end - t_feat, 2)},
+        "reference_cache": refs.status,
+    }
+
+
+def real_vs_real(dataset: str, n: int = 10000, metrics: str | Sequence[str] = ALL_METRICS,
+                 features: str = "auto", batch_size: int = 500, seed: int = 0, n_boot: int = 0,
+                 data_root: str = "", device: str = "cpu", log: Callable[[str], None] = _stderr) -> dict:
+    """The floor of every metric: a train subset (playing 'generated') against the test split, equal n.
+
+    The two sets are disjoint real images, so FID/KID here is the value a perfect model would get at
+    this n; read generated-sample numbers against it."""
+    metrics = parse_metrics(metrics)
+    data_cfg = DataConfig(name=dataset, root=data_root)
+    _, info = load_real(data_cfg, "test", 2)
+    name, picked = resolve_extractor(features, info)
+    ext = get_extractor(name, device)
+    t0 = time.perf_counter()
+    test = get_reference(data_cfg, "test", n, ext, batch_size=batch_size, log=log)
+    train = get_reference(data_cfg, "train", test.n, ext, seed=seed, batch_size=batch_size, log=log)
+    t_feat = time.perf_counter()
+    values = compute_all(*_on(device, test.features, train.features, train.probs), metrics, n_boot=n_boot,
+                         seed=seed)
+    return {
+        "kind": "real-vs-real", "dataset": dataset, "metrics": values,
+        "extractor": ext.name, "extractor_fingerprint": ext.fingerprint, "extractor_auto": picked,
+        **describe(test), "fake": f"{dataset} train subset (seed {seed})", "n_fake": train.n,
+        "seed": seed, "n_boot": n_boot, "timestamp": _now(), "genlab_version": __version__,
+        "seconds": {"features": round(t_feat - t0, 2), "metrics": round(time.perf_counter() - t_feat, 2)},
+        "reference_cache": f"test {test.status}, train {train.status}",
+    }
+
+
+# ----------------------------------------------------------------------------- records
+def read_records(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / EVAL_FILE
+    if not path.is_file():
+        return []
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise GenlabError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); "
+                          f"move it away to start afresh") from None
+    if not isinstance(records, list):
+        raise GenlabError(f"{path} should hold a JSON list of evaluation records")
+    return records
+
+
+def append_record(run_dir: str | Path, record: dict) -> Path:
+    """Append `record` to RUN_DIR/eval.json (a list, newest last), atomically."""
+    path = Path(run_dir) / EVAL_FILE
+    records = read_records(run_dir) + [record]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(records, indent=2, default=_json_default) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def log_tensorboard(run_dir: str | Path, record: dict) -> None:
+    """Scalars under eval_n<N>/ in RUN_DIR/tb (one tag family per n: FID is only comparable at equal n)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(Path(run_dir) / "tb"))
+    try:
+        for k, v in record["metrics"].items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                writer.add_scalar(f"eval_n{record['n_fake']}/{k}", v, record.get("step", 0))
+    finally:
+        writer.close()
+
+
+def format_table(record: dict) -> str:
+    """The metrics of a record as an aligned two-column table (mean +- std where there is a std)."""
+    m = record["metrics"]
+    rows = []
+    for key, label in (("fid", "FID"), ("kid_mean", "KID"), ("is_mean", "IS"), ("precision", "precision"),
+                       ("recall", "recall"), ("density", "density"), ("coverage", "coverage"),
+                       ("nll_nats", "NLL (nats)"), ("bits_per_dim", "bits/dim")):
+        if key not in m:
+            continue
+        value = f"{m[key]:.5g}"
+        std = {"kid_mean": "kid_std", "is_mean": "is_std"}.get(key)
+        if std:
+            value += f" ± {m[std]:.2g}"
+        if key == "fid" and "fid_ci_low" in m:
+            value += f"  (95% CI {m['fid_ci_low']:.5g} .. {m['fid_ci_high']:.5g})"
+        rows.append((label, value))
+    width = max(len(r[0]) for r in rows) if rows else 6
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def _on(device, *tensors):
+    """Metrics where the features can be fastest: on the GPU when the model is there."""
+    dev = torch.device(device)
+    return [t.to(dev) if t is not None and dev.type == "cuda" else t for t in tensors]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _json_default(o):
+    if isinstance(o, Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
