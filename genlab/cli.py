@@ -108,24 +108,47 @@ def sample(
     seed: int = typer.Option(0, help="Sampling seed (same seed -> same images)."),
     checkpoint: str = typer.Option("last", help="last | best | step-N."),
     interpolate: bool = typer.Option(False, "--interpolate", help="Write a grid of latent interpolations instead."),
+    reconstruct: bool = typer.Option(False, "--reconstruct", help="Write input/reconstruction pairs of N test images instead."),
     steps: int = typer.Option(10, help="With --interpolate: images per row."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (flows: scale of the latent noise, e.g. 0.7)."),
 ):
-    """Write a PNG grid of samples from a trained run (or of latent interpolations)."""
+    """Write a PNG grid of samples from a trained run (or of latent interpolations / reconstructions)."""
+    import inspect
+
     from .report.plots import save_image_grid, save_samples
     from .runs import load_run, seeded
 
+    if interpolate and reconstruct:
+        raise GenlabError("choose one of --interpolate and --reconstruct")
     run = load_run(run_dir, checkpoint, device)
-    kind = "interp" if interpolate else "sample"
-    out = out or run_dir / "samples" / f"{kind}-{checkpoint}-seed{seed}.png"
+    extra = {} if temperature is None else {"temperature": temperature}
+    if extra and (interpolate or reconstruct or "temperature" not in inspect.signature(run.family.sample).parameters):
+        what = "--interpolate" if interpolate else "--reconstruct" if reconstruct else \
+            f"{run.cfg.model} ({run.cfg.family} family) sampling"
+        raise GenlabError(f"--temperature is not supported by {what}")
+    kind = "interp" if interpolate else "recon" if reconstruct else "sample"
+    suffix = "" if temperature is None else f"-t{temperature:g}"
+    out = out or run_dir / "samples" / f"{kind}-{checkpoint}-seed{seed}{suffix}.png"
     with run.sampling():
         if interpolate:
             if not hasattr(run.family, "interpolate") or run.info.kind != "image":
                 raise GenlabError(f"{run.cfg.model} on {run.info.name} does not support --interpolate")
             rows = max(1, n // steps)
             path = save_image_grid(run.family.interpolate(rows, steps, seeded(seed)), out, nrow=steps)
+        elif reconstruct:
+            if not hasattr(run.family, "reconstruct") or run.info.kind != "image":
+                raise GenlabError(f"{run.cfg.model} on {run.info.name} does not support --reconstruct")
+            import torch
+
+            from .eval.reference import data_config_for, load_real
+
+            x = load_real(data_config_for(run.cfg.data), "test", n, seed)[0]  # seeded; binarized if the run is
+            pairs = torch.stack([x.float() / 255, run.family.reconstruct(x).cpu().float()], 1).flatten(0, 1)
+            cols = max(1, int(n ** 0.5))  # each input beside its reconstruction, `cols` pairs per row
+            path = save_image_grid(pairs, out, nrow=2 * cols)
         else:
-            path = save_samples(run.family.sample(n, seeded(seed)), run.info, out, title=f"{run.cfg.model} step {run.step}")
+            path = save_samples(run.family.sample(n, seeded(seed), **extra), run.info, out, title=f"{run.cfg.model} step {run.step}")
     typer.echo(f"wrote {path}")
 
 

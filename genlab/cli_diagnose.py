@@ -13,12 +13,12 @@ from .cli import app, user_errors
 @user_errors
 def diagnose(
     run_dir: Path = typer.Argument(..., help="A run directory written by `genlab train`."),
-    n: Optional[int] = typer.Option(None, "-n", "--n", help="Generated samples [default: the published protocol's: "
-                                    "2,500 for 2-D mixtures, 26,000 for stacked-mnist, 10,000 for images]."),
+    n: Optional[int] = typer.Option(None, "-n", "--n", help="Generated samples (default: the published protocol's: "
+                                    "2,500 for 2-D mixtures, 26,000 for stacked-mnist, 10,000 for images)."),
     checkpoint: str = typer.Option("last", help="last | best | step-N."),
     seed: int = typer.Option(0, help="Sampling seed (also seeds the NDB K-means)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    out: Optional[Path] = typer.Option(None, help="Directory for diagnostics.json and the PNGs [default: RUN_DIR]."),
+    out: Optional[Path] = typer.Option(None, help="Directory for diagnostics.json and the PNGs (default: RUN_DIR)."),
 ):
     """Measure mode collapse: modes / classes covered, NDB, memorisation (whatever fits the run's data)."""
     from .eval.diagnose import OUT_FILE, diagnose as run_diagnostics, format_table

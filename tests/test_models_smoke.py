@@ -13,7 +13,10 @@ from genlab.registry import available
 SHAPES = {"image": (1, 28, 28), "points": (2,)}
 # Small sizes per family keep the smoke test at a few seconds: PixelCNN samples pixel by pixel,
 # so it gets a tiny net and 8x8 images (784 sequential forwards at 28x28 would dominate the suite).
-TINY = {"autoregressive": (["autoregressive.width=8", "autoregressive.layers=1"], (1, 8, 8))}
+TINY = {"autoregressive": (["autoregressive.width=8", "autoregressive.layers=1"], (1, 8, 8)),
+        # the VQ-VAE prior needs a VQ-VAE: "untrained" builds a random one instead of loading a run
+        "prior": (["prior.vqvae=untrained", "prior.width=8", "prior.layers=1"], (1, 28, 28)),
+        "flow": (["flow.hidden=16", "flow.depth=2"], (1, 28, 28))}
 
 
 def _random_batch(info: DataInfo, n: int):

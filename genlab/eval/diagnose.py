@@ -65,7 +65,10 @@ def plan(info) -> list[str]:
 
 
 def _sample(sample, n: int, gen: torch.Generator, chunk: int = 2000) -> Tensor:
-    return torch.cat([sample(min(chunk, n - i), gen).cpu() for i in range(0, n, chunk)])
+    x = torch.cat([sample(min(chunk, n - i), gen).cpu() for i in range(0, n, chunk)])
+    if not torch.isfinite(x).all():
+        raise GenlabError("generated samples contain NaN/Inf (did the model diverge?); nothing to diagnose")
+    return x
 
 
 def stacked_labels(sample, n: int, ext, gen: torch.Generator, chunk: int = 1000) -> tuple[Tensor, Tensor]:
@@ -115,6 +118,8 @@ def diagnose(run, n: int | None = None, seed: int = 0, out_dir: str | Path | Non
             x = _sample(run.family.sample, n, gen)
             results.update(_image_diagnostics(run, x, names, seed, device, log, plots, out_dir))
             ext = results.pop("_extractor", None)
+        if hasattr(run.family, "codebook_stats"):  # VQ-VAE: health of the codebook on test images
+            results["codebook"] = _codebook(run, n)
     record = {"kind": "diagnostics", "model": run.cfg.model, "dataset": info.name, "checkpoint": run.checkpoint,
               "step": run.step, "n": n, "seed": seed, "diagnostics": results,
               "extractor": ext.name if ext is not None else None,
@@ -127,6 +132,14 @@ def diagnose(run, n: int | None = None, seed: int = 0, out_dir: str | Path | Non
     tmp.write_text(json.dumps(_finite(record), indent=2, default=_json_default) + "\n")
     tmp.replace(path)
     return record
+
+
+def _codebook(run, n: int) -> dict:
+    """family.codebook_stats(x) on n seeded test images (perplexity, codes used / dead, MSE)."""
+    from .reference import data_config_for, load_real
+
+    x, _ = load_real(data_config_for(run.cfg.data), "test", n)
+    return {**run.family.codebook_stats(x), "split": "test"}
 
 
 def _image_diagnostics(run, x: Tensor, names: list[str], seed: int, device, log, plots, out_dir) -> dict:
@@ -143,7 +156,7 @@ def _image_diagnostics(run, x: Tensor, names: list[str], seed: int, device, log,
         fake, probs = ext.features_and_probs(x)
         train = get_reference(data_cfg, "train", None, ext, log=log)
         test = get_reference(data_cfg, "test", MEM_N, ext, log=log)
-        real_train, real_test, space = train.features, test.features, f"{ext.name} features"
+        real_train, real_test, space, unit = train.features, test.features, f"{ext.name} features", 1.0
         train_labels = load_dataset(data_cfg, "train").y
         cc = M.class_coverage(probs, train_labels, covered_share=M.COVERED_SHARE)
         out["classes"] = {**cc, "covered_share": M.COVERED_SHARE}
@@ -151,18 +164,20 @@ def _image_diagnostics(run, x: Tensor, names: list[str], seed: int, device, log,
     else:  # pixel space
         from .reference import load_real
 
-        fake = x.reshape(len(x), -1).float()
-        real_train = load_real(data_cfg, "train", None)[0].reshape(-1, fake.shape[1]).float() / 255
-        real_test = load_real(data_cfg, "test", MEM_N)[0].reshape(-1, fake.shape[1]).float() / 255
-        space = "pixels in [0, 1]"
+        # Compared in the 0..255 scale so the real images stay uint8 (a 50k x 3072 float copy is 600 MB);
+        # distances are reported in [0, 1] pixel units.
+        fake = (x.reshape(len(x), -1).float() * 255).round()
+        real_train = load_real(data_cfg, "train", None)[0].reshape(-1, fake.shape[1])
+        real_test = load_real(data_cfg, "test", MEM_N)[0].reshape(-1, fake.shape[1])
+        space, unit = "pixels in [0, 1]", 1 / 255
     if "ndb" in names:
         idx = torch.randperm(len(real_train), generator=torch.Generator().manual_seed(seed))[:NDB_REAL]
         nd = M.ndb_jsd(real_train[idx], fake, k=min(NDB_K, len(idx)), seed=seed)
         out["ndb"] = {**nd, "space": space}
         plots.append(_save(_ndb_figure(nd, run), out_dir, "ndb"))
     if "memorisation" in names:
-        g = M.nn_distances(fake[:MEM_N], real_train)
-        t = M.nn_distances(real_test, real_train)
+        g = M.nn_distances(fake[:MEM_N], real_train) * unit
+        t = M.nn_distances(real_test, real_train) * unit
         mem = {**M.memorisation(g, t), "space": space, "n_train": len(real_train)}
         out["memorisation"] = mem
         plots.append(_save(_memorisation_figure(g, t, mem, run), out_dir, "memorisation"))
@@ -198,6 +213,12 @@ def format_table(record: dict) -> str:
                                  f"{m['quantile']:g} quantile of test->train; test data scores ~{m['quantile']:.0%})"),
                  ("exact copies", f"{100 * m['exact_copy_rate']:.2f}%"),
                  ("median NN dist gen / test", f"{m['median_ratio']:.3f}")]
+    if "codebook" in d:
+        c = d["codebook"]
+        rows += [("codebook perplexity", f"{c['perplexity']:.1f}  (of {c['n_codes']} codes)"),
+                 ("codes used / dead", f"{c['codes_used']} / {c['dead_codes']}  ({100 * c['usage']:.1f}% used on "
+                                       f"{c['n_images']} {c['split']} images)"),
+                 ("reconstruction MSE", f"{c['recon_mse']:.5f}  (pixels in [0, 1])")]
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 

@@ -67,12 +67,22 @@ def sample_features(sample: Callable[[int, torch.Generator], Tensor], n: int, ex
     return torch.cat(feats), (torch.cat(probs) if keep_probs else None)
 
 
+BINARIZE_SEED = 0
+
+
 def likelihood(family, data_cfg: DataConfig, split: str, n: int, batch_size: int) -> dict[str, float]:
     """NLL = -mean log p(x) (nats per image) and bits/dim = NLL / (D ln 2) on real `split` images.
 
     `family.log_likelihood(x)` gets uint8 batches exactly as `train_step` does (the family applies its
     own dequantisation / binarisation) and returns log p(x) in nats, one value per image."""
     images, info = load_real(data_cfg, split, n)
+    extra = {}
+    if getattr(family, "info", info).binarized:
+        # Binarized models are scored on ONE fixed, seeded Bernoulli draw of the real images (the
+        # usual protocol for dynamically binarized MNIST), so every evaluation sees the same bits.
+        gen = torch.Generator().manual_seed(BINARIZE_SEED)
+        images = (torch.bernoulli(images.float() / 255, generator=gen) * 255).to(torch.uint8)
+        extra["nll_binarization"] = f"bernoulli(x/255), fixed seed {BINARIZE_SEED}"
     device = getattr(family, "device", "cpu")
     parts = []
     with torch.no_grad():
@@ -85,7 +95,7 @@ def likelihood(family, data_cfg: DataConfig, split: str, n: int, batch_size: int
                           f"({(~torch.isfinite(logp)).sum().item()} non-finite)")
     nll = -logp.mean().item()
     dims = math.prod(info.shape)
-    return {"nll_nats": nll, "bits_per_dim": nll / (dims * math.log(2)), "n_nll": len(images)}
+    return {"nll_nats": nll, "bits_per_dim": nll / (dims * math.log(2)), "n_nll": len(images), **extra}
 
 
 def evaluate(run, n: int = 10000, metrics: str | Sequence[str] = ALL_METRICS, features: str = "auto",
@@ -107,8 +117,12 @@ def evaluate(run, n: int = 10000, metrics: str | Sequence[str] = ALL_METRICS, fe
                                       keep_probs="is" in metrics)
     t_feat = time.perf_counter()
     values = compute_all(*_on(device, refs.features, fake, probs), metrics, n_boot=n_boot, seed=seed)
+    protocol = {}
     if hasattr(run.family, "log_likelihood"):
-        values.update(likelihood(run.family, data_cfg, ref, n, batch_size))
+        ll = likelihood(run.family, data_cfg, ref, n, batch_size)
+        if "nll_binarization" in ll:
+            protocol["nll_binarization"] = ll.pop("nll_binarization")
+        values.update(ll)
     t_end = time.perf_counter()
     return {
         "kind": "samples", "model": run.cfg.model, "dataset": run.info.name,
@@ -118,7 +132,7 @@ def evaluate(run, n: int = 10000, metrics: str | Sequence[str] = ALL_METRICS, fe
         "timestamp": _now(), "genlab_version": __version__,
         "seconds": {"reference": round(t_ref - t0, 2), "sample_and_features": round(t_feat - t_ref, 2),
                     "metrics": round(t_end - t_feat, 2)},
-        "reference_cache": refs.status,
+        "reference_cache": refs.status, **protocol,
     }
 
 

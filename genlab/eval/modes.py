@@ -164,7 +164,7 @@ def kmeans(x: Tensor, k: int, seed: int = 0, iters: int = 100) -> Tensor:
 
     Deterministic for a given seed (own CPU generator; the global RNG is not touched). An empty
     cluster is re-seeded with the point farthest from its centre."""
-    x = torch.as_tensor(x).double().cpu().reshape(len(x), -1)
+    x = torch.as_tensor(x).float().cpu().reshape(len(x), -1)  # float32: pixel-space inputs can be wide
     if not 1 <= k <= len(x):
         raise ValueError(f"k-means needs 1 <= k <= n, got k={k}, n={len(x)}")
     g = torch.Generator().manual_seed(seed)
@@ -199,11 +199,11 @@ def ndb_jsd(real: Tensor, fake: Tensor, k: int = 100, alpha: float = 0.05, seed:
     nearest centre, and each bin's proportions are compared with a two-sided two-proportion z-test
     with pooled variance at level `alpha`. Returns ndb (count), ndb_frac (ndb / k), jsd, the flagged
     bins and both proportion vectors. For two samples of one distribution ndb/k is ~alpha."""
-    real = torch.as_tensor(real).double().cpu().reshape(len(real), -1)
-    fake = torch.as_tensor(fake).double().cpu().reshape(len(fake), -1)
+    real = torch.as_tensor(real).float().cpu().reshape(len(real), -1)
+    fake = torch.as_tensor(fake).float().cpu().reshape(len(fake), -1)
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"feature dimensions differ: real {real.shape[1]} vs fake {fake.shape[1]}")
-    centres = kmeans(real, k, seed) if centres is None else torch.as_tensor(centres).double().cpu()
+    centres = kmeans(real, k, seed) if centres is None else torch.as_tensor(centres).float().cpu()
     k = len(centres)
     n1, n2 = len(real), len(fake)
     p1 = histogram(_nearest(real, centres), k).double() / n1
@@ -221,28 +221,34 @@ def ndb_jsd(real: Tensor, fake: Tensor, k: int = 100, alpha: float = 0.05, seed:
 
 # ----------------------------------------------------------------------------- memorisation
 def nn_distances(query: Tensor, ref: Tensor) -> Tensor:
-    """Euclidean distance (float64, (n,)) from each query row to its nearest row of `ref`."""
+    """Euclidean distance (float64, (n,)) from each query row to its nearest row of `ref`.
+
+    Blocked over both sets, so a uint8 reference (e.g. pixels in 0..255) is converted to float one
+    block at a time and never held as a full float copy."""
     q = torch.as_tensor(query).reshape(len(query), -1)
     r = torch.as_tensor(ref).reshape(len(ref), -1).to(q.device)
-    dtype = torch.promote_types(q.dtype, r.dtype)
-    dtype = dtype if dtype.is_floating_point else torch.float32
-    q, r = q.to(dtype), r.to(dtype)
-    rr = (r * r).sum(1)
-    rows = max(1, _BLOCK_ELEMS // max(1, len(r)))
-    out = []
-    for i in range(0, len(q), rows):
-        qb = q[i:i + rows]
-        d2 = ((qb * qb).sum(1, keepdim=True) - 2 * qb @ r.T + rr[None]).min(1).values
-        out.append(d2.clamp_min(0).sqrt())
-    d = torch.cat(out).double().cpu()
-    # The expansion |q|^2 - 2 q.r + |r|^2 loses precision near 0: recompute the winners exactly
-    # where the distance is tiny relative to the norms, so exact copies come out as exactly 0.
-    small = d < 1e-3 * (q.norm(dim=1).double().cpu() + 1)
-    if small.any():
-        idx = small.nonzero().flatten()
-        exact = torch.cdist(q[idx.to(q.device)].double(), r.double(),
-                            compute_mode="donot_use_mm_for_euclid_dist").min(1).values.cpu()
-        d[idx] = exact
+    dtype = q.dtype if q.is_floating_point() else torch.float32
+    q = q.to(dtype)
+    best = torch.full((len(q),), math.inf, dtype=dtype, device=q.device)
+    q_rows = max(1, min(len(q), 4096))
+    r_rows = max(1, _BLOCK_ELEMS // q_rows)
+    qq = (q * q).sum(1)
+    for j in range(0, len(r), r_rows):
+        rb = r[j:j + r_rows].to(dtype)
+        rr = (rb * rb).sum(1)
+        for i in range(0, len(q), q_rows):
+            d2 = (qq[i:i + q_rows, None] - 2 * q[i:i + q_rows] @ rb.T + rr[None]).min(1).values
+            best[i:i + q_rows] = torch.minimum(best[i:i + q_rows], d2)
+    d = best.clamp_min(0).sqrt().double().cpu()
+    # The expansion |q|^2 - 2 q.r + |r|^2 loses precision near 0: recompute exactly where the
+    # distance is tiny relative to the norms, so exact copies come out as exactly 0.
+    small = (d < 1e-3 * (q.norm(dim=1).double().cpu() + 1)).nonzero().flatten()
+    if len(small):
+        qs = q[small.to(q.device)].double()
+        rows = max(1, _BLOCK_ELEMS // len(qs))
+        exact = torch.stack([torch.cdist(qs, r[j:j + rows].double(), compute_mode="donot_use_mm_for_euclid_dist")
+                             .min(1).values for j in range(0, len(r), rows)]).min(0).values
+        d[small] = exact.cpu()
     return d
 
 

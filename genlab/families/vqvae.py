@@ -1,0 +1,294 @@
+"""VQ-VAE (van den Oord et al. 2017) and the PixelCNN prior over its code maps, as two families.
+
+`vqvae`: conv encoder -> vector quantiser (`nets/quantizer.py`: nearest code, straight-through,
+EMA codebook with decay 0.99 or the codebook loss, commitment beta = 0.25, dead-code restarts) ->
+conv decoder. Reconstruction loss: MSE on x in [-1, 1] for grey/colour data, Bernoulli
+cross-entropy for binarized data (`vqvae.recon: auto`). Every step logs the reconstruction error
+(`recon_mse`, on the [0, 1] pixel scale), the codebook's perplexity, codes used in the batch,
+codes restarted as dead and the cumulative restarts; `codebook_stats(x)` measures the same on any
+images (used by `genlab diagnose`).
+
+Sampling needs a prior over code maps. Without one, `VQVAEFamily.sample` falls back to drawing
+every code position independently from the codebook's usage frequencies (a unigram prior): it keeps
+the training loop's sample grids and the smoke test working, but its pictures are textures made of
+digit strokes, not digits. Real samples come from the second stage:
+
+`prior` (model `vqvae-prior`): `genlab train vqvae-prior --set prior.vqvae=RUN_DIR` loads the
+VQ-VAE run (its EMA weights if it kept them), encodes each training batch to a code map on the fly
+(the encoder is frozen, and cheap next to the prior), and trains a (Gated) PixelCNN from
+`nets/pixelcnn.py` on the code indices; `sample` draws code maps autoregressively and decodes them.
+The prior's checkpoints also hold the VQ-VAE weights it was trained against, so resuming or
+continuing the VQ-VAE run later cannot silently change the codes under a trained prior; the
+VQ-VAE run directory must still exist to rebuild the architecture. `prior.vqvae: untrained` builds
+a randomly initialised VQ-VAE from the vqvae defaults instead (for smoke tests only).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ConfigError, OptimConfig
+from ..nets.quantizer import VectorQuantizer, perplexity
+from ..nets.vae import VQDecoder, VQEncoder
+from ..registry import RegistryError, get, register
+from .base import eval_mode, in_batches, make_optimizer
+from .vae import load_test_images
+
+
+@dataclass
+class VQVAEOptions:
+    supports_points = False  # image-only family (read by the registry smoke test)
+    width: int = 64  # channels at the code resolution (half that before it)
+    res_blocks: int = 2
+    downsample: int = 2  # stride-2 stages: 28 -> 7x7 code maps, 32 -> 8x8
+    n_codes: int = 512  # K
+    code_dim: int = 16  # D
+    beta: float = 0.25  # commitment weight
+    codebook_update: str = "ema"  # ema | loss
+    decay: float = 0.99  # EMA decay of the codebook
+    dead_steps: int = 100  # restart a code unused for this many batches (0 disables)
+    recon: str = "auto"  # mse | bernoulli; auto: bernoulli if binarized else mse
+    grad_clip: float = 0.0
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, betas=(0.9, 0.999)))
+
+
+class VQVAE(nn.Module):
+    def __init__(self, shape: tuple[int, int, int], o: VQVAEOptions):
+        super().__init__()
+        self.encoder = VQEncoder(shape, o.code_dim, o.width, o.res_blocks, o.downsample)
+        self.quantizer = VectorQuantizer(o.n_codes, o.code_dim, o.beta, o.codebook_update, o.decay,
+                                         dead_steps=o.dead_steps)
+        self.decoder = VQDecoder(shape, o.code_dim, o.width, o.res_blocks, o.downsample)
+
+
+@register("family", "vqvae")
+class VQVAEFamily:
+    Options = VQVAEOptions
+
+    def __init__(self, cfg, info, device: torch.device):
+        if info.kind != "image":
+            raise ConfigError("the vqvae family models images; use a GAN for 2-D points")
+        o: VQVAEOptions = cfg.options
+        recon = o.recon if o.recon != "auto" else ("bernoulli" if info.binarized else "mse")
+        if recon not in ("mse", "bernoulli"):
+            raise ConfigError(f"vqvae.recon: unknown {o.recon!r} (auto, mse, bernoulli)")
+        if recon == "bernoulli" and not info.binarized:
+            raise ConfigError("vqvae.recon: bernoulli needs binarized data (data.binarize: true)")
+        if o.codebook_update not in ("ema", "loss"):
+            raise ConfigError(f"vqvae.codebook_update: unknown {o.codebook_update!r} (ema, loss)")
+        self.opts, self.info, self.device, self.data_cfg, self.recon = o, info, device, cfg.data, recon
+        try:
+            self.model = VQVAE(tuple(info.shape), o).to(device)
+        except ValueError as e:  # e.g. too many halvings for the resolution
+            raise ConfigError(f"vqvae: {e}") from None
+        self.opt = make_optimizer([p for p in self.model.parameters() if p.requires_grad], o.optim)
+        self.ema_module = self.model
+        h = info.shape[1] // 2 ** o.downsample
+        self.code_shape = (h, info.shape[2] // 2 ** o.downsample)
+
+    # ------------------------------------------------------------------ pieces
+    def _prepare(self, x: Tensor) -> Tensor:
+        """uint8 images (or floats in [0, 1]) -> [-1, 1] (binarized data: {-1, 1})."""
+        x = x.to(self.device)
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float().clamp(0, 1)
+        if self.info.binarized:
+            x = (x > 0.5).float()
+        return x * 2 - 1
+
+    def _to_unit(self, out: Tensor) -> Tensor:
+        return torch.sigmoid(out) if self.recon == "bernoulli" else ((out + 1) / 2).clamp(0, 1)
+
+    def _recon_loss(self, out: Tensor, x: Tensor) -> Tensor:
+        if self.recon == "bernoulli":  # nats per pixel
+            return F.binary_cross_entropy_with_logits(out, (x > 0).float())
+        return F.mse_loss(out, x)
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, batch, step: int) -> dict[str, float]:
+        x = self._prepare(batch[0])
+        q = self.model.quantizer(self.model.encoder(x))
+        out = self.model.decoder(q.z_q)
+        recon = self._recon_loss(out, x)
+        loss = recon + q.loss
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.opts.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.opts.grad_clip)
+        self.opt.step()
+        mse = F.mse_loss(self._to_unit(out.detach()), (x + 1) / 2).item()
+        return {"loss": loss.item(), "recon_mse": mse, "vq_loss": q.loss.item(), **q.stats}
+
+    # ------------------------------------------------------------------ codes
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Code indices (B, h, w) of uint8 images (or floats in [0, 1])."""
+        with eval_mode(self.model):
+            return self.model.quantizer.codes_of(self.model.encoder(self._prepare(x)))
+
+    @torch.no_grad()
+    def decode_codes(self, codes: Tensor) -> Tensor:
+        """Code indices (B, h, w) -> images in [0, 1]."""
+        with eval_mode(self.model):
+            return self._to_unit(self.model.decoder(self.model.quantizer.lookup(codes.to(self.device))))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.decode_codes(self.encode(x))
+
+    @torch.no_grad()
+    def codebook_stats(self, x: Tensor, batch: int = 500) -> dict[str, float]:
+        """Codebook health and reconstruction error on images x (uint8): perplexity of the code
+        usage, codes used / dead (never chosen on x), and the MSE on the [0, 1] pixel scale."""
+        counts = torch.zeros(self.opts.n_codes, dtype=torch.long)
+        se = 0.0
+        for i in range(0, len(x), batch):
+            xb = x[i:i + batch]
+            codes = self.encode(xb)
+            counts += torch.bincount(codes.flatten().cpu(), minlength=self.opts.n_codes)
+            target = (self._prepare(xb) + 1) / 2
+            se += F.mse_loss(self.decode_codes(codes), target, reduction="sum").item()
+        used = int((counts > 0).sum())
+        return {"perplexity": perplexity(counts), "codes_used": used, "dead_codes": self.opts.n_codes - used,
+                "n_codes": self.opts.n_codes, "usage": used / self.opts.n_codes,
+                "recon_mse": se / (len(x) * math.prod(self.info.shape)), "n_images": len(x)}
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Documented fallback (see the module docstring): codes drawn independently from their
+        usage frequencies. Train `vqvae-prior` for real samples."""
+        usage = self.model.quantizer.cluster_size.detach().float().cpu().clamp_min(0)
+        probs = usage if usage.sum() > 0 else torch.ones_like(usage)
+        h, w = self.code_shape
+
+        def draw(m: int) -> Tensor:
+            codes = torch.multinomial(probs, m * h * w, replacement=True, generator=generator)
+            return self.decode_codes(codes.view(m, h, w))
+
+        return in_batches(draw, n)
+
+    @torch.no_grad()
+    def interpolate(self, rows: int, steps: int, generator: torch.Generator | None = None) -> Tensor:
+        """rows x steps decodings of quantised, linearly interpolated encoder outputs of test images."""
+        x = self._prepare(load_test_images(self.data_cfg, 2 * rows, generator))
+        with eval_mode(self.model):
+            z = self.model.encoder(x)
+            a, b = z[:rows, None], z[rows:, None]
+            t = torch.linspace(0, 1, steps, device=self.device).view(1, steps, 1, 1, 1)
+            zt = (a + t * (b - a)).flatten(0, 1)
+            return self.decode_codes(self.model.quantizer.codes_of(zt))
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+
+
+# ============================================================================== the prior
+@dataclass
+class PriorOptions:
+    supports_points = False
+    vqvae: str = ""  # run directory of a trained vqvae (required); "untrained" for smoke tests only
+    checkpoint: str = "last"  # which checkpoint of that run
+    net: str = "gated-pixelcnn"  # or pixelcnn
+    width: int = 64
+    layers: int = 8
+    first_kernel: int = 5
+    grad_clip: float = 1.0  # 0 disables
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, betas=(0.9, 0.999)))
+
+
+def load_vqvae(o: PriorOptions, cfg, info, device: torch.device) -> VQVAEFamily:
+    """The frozen VQ-VAE a prior is trained against (EMA weights applied if the run kept them)."""
+    if o.vqvae == "untrained":
+        from ..config import build
+
+        return VQVAEFamily(build([{"family": "vqvae", "vqvae": {}, "data": cfg.to_dict()["data"]}]), info, device)
+    if not o.vqvae:
+        raise ConfigError("vqvae-prior needs a trained VQ-VAE: --set prior.vqvae=RUN_DIR "
+                          "(a run directory of `genlab train vqvae`)")
+    if not (Path(o.vqvae) / "config.yaml").is_file():
+        raise ConfigError(f"prior.vqvae: {o.vqvae} is not a genlab run directory (no config.yaml)")
+    from ..runs import load_run
+
+    run = load_run(o.vqvae, o.checkpoint, str(device))
+    if run.cfg.family != "vqvae":
+        raise ConfigError(f"prior.vqvae: {o.vqvae} is a {run.cfg.family!r} run, not a vqvae run")
+    if tuple(run.info.shape) != tuple(info.shape) or run.info.binarized != info.binarized:
+        raise ConfigError(f"prior.vqvae: {o.vqvae} was trained on {run.info.name} {tuple(run.info.shape)}"
+                          f"{' binarized' if run.info.binarized else ''}; this run's data is {info.name} "
+                          f"{tuple(info.shape)}{' binarized' if info.binarized else ''} (set the same data.*)")
+    if run.ema is not None:
+        run.family.ema_module.load_state_dict(run.ema.shadow)
+    return run.family
+
+
+@register("family", "prior")
+class PriorFamily:
+    Options = PriorOptions
+
+    def __init__(self, cfg, info, device: torch.device):
+        if info.kind != "image":
+            raise ConfigError("the prior family models VQ-VAE code maps of images")
+        o: PriorOptions = cfg.options
+        self.opts, self.info, self.device = o, info, device
+        self.vq = load_vqvae(o, cfg, info, device)
+        self.vq.model.eval().requires_grad_(False)
+        self.n_codes = self.vq.opts.n_codes
+        try:
+            net_cls = get("net", o.net)
+        except RegistryError as e:
+            raise ConfigError(str(e)) from None
+        self.net = net_cls(colours=1, n_values=self.n_codes, width=o.width, layers=o.layers,
+                           first_kernel=o.first_kernel, n_codes=self.n_codes).to(device)
+        self.opt = make_optimizer(self.net.parameters(), o.optim)
+        self.ema_module = self.net
+
+    def nll(self, codes: Tensor) -> Tensor:
+        """-log p(code map) in nats per map (B,)."""
+        logits = self.net(codes[:, None])[:, 0]  # (B, K, h, w)
+        return F.cross_entropy(logits, codes, reduction="none").flatten(1).sum(1)
+
+    def train_step(self, batch, step: int) -> dict[str, float]:
+        codes = self.vq.encode(batch[0])
+        nats = self.nll(codes).mean()
+        self.opt.zero_grad(set_to_none=True)
+        (nats / codes[0].numel()).backward()
+        if self.opts.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.opts.grad_clip)
+        self.opt.step()
+        return {"nll_nats": nats.item(), "bits_per_code": nats.item() / (codes[0].numel() * math.log(2))}
+
+    @torch.no_grad()
+    def sample_codes(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        h, w = self.vq.code_shape
+        codes = torch.zeros(n, h, w, dtype=torch.long, device=self.device)
+        with eval_mode(self.net):
+            for i in range(h):  # output row i depends on input rows <= i only: crop below
+                for j in range(w):
+                    logits = self.net(codes[:, None, :i + 1])[:, 0, :, i, j]
+                    probs = torch.softmax(logits.float(), dim=-1).cpu()
+                    codes[:, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(self.device)
+        return codes
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return in_batches(lambda m: self.vq.decode_codes(self.sample_codes(m, generator)), n)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.vq.reconstruct(x)
+
+    def state_dict(self) -> dict:
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "vqvae": self.vq.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.vq.model.load_state_dict(state["vqvae"])

@@ -1,0 +1,123 @@
+"""Vector quantiser of VQ-VAE (van den Oord et al. 2017), with the EMA codebook of its appendix.
+
+    vq = VectorQuantizer(n_codes=512, dim=16)
+    out = vq(z_e)        # z_e (B, D, H, W) -> out.z_q (straight-through), out.codes (B, H, W), out.loss
+
+- Nearest code by squared Euclidean distance; the decoder receives z_e + sg(z_q - z_e), so the
+  reconstruction gradient flows to the encoder unchanged (straight-through estimator).
+- Loss: beta * ||z_e - sg(z_q)||^2 (commitment, beta = 0.25) plus, with `update="loss"`,
+  ||sg(z_e) - z_q||^2 (the codebook loss). With `update="ema"` (default) the codebook is instead
+  the ratio of two exponential moving averages (decay 0.99): N_k <- d N_k + (1 - d) n_k and
+  m_k <- d m_k + (1 - d) sum of the z_e assigned to k; e_k = m_k / N~_k, where N~ is N with
+  Laplace smoothing (eps) so that an unused code never divides by zero.
+- Dead-code restarts: a code unused for `dead_steps` consecutive training batches is moved onto a
+  random encoder output of the current batch (with EMA state N_k = 1, m_k = e_k). Codes start out
+  "dead", so the first training batch initialises the codebook from data (except codes it already
+  uses). Caveat: restarts use the global torch RNG (seeded and checkpointed by the trainer).
+- Stats: perplexity exp(H(usage)), codes used in the batch, dead codes, cumulative restarts.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..registry import register
+
+
+class Quantized(NamedTuple):
+    z_q: Tensor  # (B, D, H, W) straight-through quantised latents
+    codes: Tensor  # (B, H, W) long
+    loss: Tensor  # scalar: commitment (+ codebook) loss, mean over latent elements
+    stats: dict  # floats for the logs
+
+
+def perplexity(counts: Tensor) -> float:
+    """exp of the entropy of the code-usage histogram: K if all K codes are used equally, 1 if one."""
+    p = counts.double() / counts.sum().clamp_min(1)
+    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum()))
+
+
+@register("net", "vector-quantizer")
+class VectorQuantizer(nn.Module):
+    def __init__(self, n_codes: int = 512, dim: int = 16, beta: float = 0.25, update: str = "ema",
+                 decay: float = 0.99, eps: float = 1e-5, dead_steps: int = 100):
+        super().__init__()
+        if update not in ("ema", "loss"):
+            raise ValueError(f"codebook update must be 'ema' or 'loss', got {update!r}")
+        self.n_codes, self.dim, self.beta, self.update = n_codes, dim, beta, update
+        self.decay, self.eps, self.dead_steps = decay, eps, dead_steps
+        self.embed = nn.Parameter(torch.empty(n_codes, dim).uniform_(-1 / n_codes, 1 / n_codes),
+                                  requires_grad=update == "loss")
+        self.register_buffer("cluster_size", torch.zeros(n_codes))  # EMA counts N_k
+        self.register_buffer("embed_sum", self.embed.detach().clone())  # EMA sums m_k
+        # batches since each code was last used; starting at dead_steps makes step 1 a data init
+        self.register_buffer("unused", torch.full((n_codes,), dead_steps, dtype=torch.long))
+        self.register_buffer("restarts", torch.zeros((), dtype=torch.long))
+
+    # ------------------------------------------------------------------ lookup
+    def nearest(self, flat: Tensor) -> Tensor:
+        """(N, D) -> (N,) index of the nearest code (squared Euclidean distance)."""
+        e = self.embed.detach()
+        d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)[None]
+        return d.argmin(1)
+
+    def codes_of(self, z_e: Tensor) -> Tensor:
+        b, d, h, w = z_e.shape
+        return self.nearest(z_e.permute(0, 2, 3, 1).reshape(-1, d)).view(b, h, w)
+
+    def lookup(self, codes: Tensor) -> Tensor:
+        """(B, H, W) indices -> (B, D, H, W) code vectors."""
+        return F.embedding(codes, self.embed).permute(0, 3, 1, 2)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, z_e: Tensor) -> Quantized:
+        b, d, h, w = z_e.shape
+        flat = z_e.permute(0, 2, 3, 1).reshape(-1, d)
+        codes = self.nearest(flat)
+        counts = torch.bincount(codes, minlength=self.n_codes)
+        if self.training and self.update == "ema":
+            self._ema_update(flat.detach(), codes, counts)
+        z_q = self.lookup(codes.view(b, h, w))
+        loss = self.beta * F.mse_loss(z_e, z_q.detach())
+        if self.update == "loss":
+            loss = loss + F.mse_loss(z_q, z_e.detach())
+        z_st = z_e + (z_q - z_e).detach()
+        dead = 0
+        if self.training:
+            dead = self._restart_dead(flat.detach(), counts)
+        stats = {"perplexity": perplexity(counts), "codes_used": float((counts > 0).sum()),
+                 "dead_codes": float(dead), "restarts": float(self.restarts)}
+        return Quantized(z_st, codes.view(b, h, w), loss, stats)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: Tensor, codes: Tensor, counts: Tensor) -> None:
+        onehot = F.one_hot(codes, self.n_codes).to(flat.dtype)  # (N, K)
+        self.cluster_size.mul_(self.decay).add_(counts.to(flat.dtype), alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(onehot.t() @ flat, alpha=1 - self.decay)
+        n = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (n + self.n_codes * self.eps) * n
+        self.embed.data.copy_(self.embed_sum / smoothed[:, None])
+
+    @torch.no_grad()
+    def _restart_dead(self, flat: Tensor, counts: Tensor) -> int:
+        if self.update == "loss":  # keep usage counts for the stats only
+            self.cluster_size.mul_(self.decay).add_(counts.to(self.cluster_size.dtype), alpha=1 - self.decay)
+        self.unused.add_(1).masked_fill_(counts > 0, 0)
+        if self.dead_steps <= 0:  # restarts disabled
+            return 0
+        dead = (self.unused >= self.dead_steps).nonzero().squeeze(1)
+        if dead.numel():
+            pick = torch.randint(len(flat), (dead.numel(),), device=flat.device)
+            self.embed.data[dead] = flat[pick]
+            self.embed_sum[dead] = flat[pick]
+            self.cluster_size[dead] = 1.0
+            self.unused[dead] = 0
+            self.restarts.add_(dead.numel())
+        return int(dead.numel())
+
+    def extra_repr(self) -> str:
+        return (f"n_codes={self.n_codes}, dim={self.dim}, beta={self.beta}, update={self.update}, "
+                f"decay={self.decay}, dead_steps={self.dead_steps}")
