@@ -188,6 +188,11 @@ def _coerce(value: Any, typ: Any, path: str) -> Any:
     if typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif typ is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -271,14 +276,22 @@ def parse_set(items: list[str]) -> dict:
 
 def resolve(model: str, config_file: str | None = None, overrides: dict | None = None,
             sets: list[str] | None = None) -> RunConfig:
-    layers = [model_layer(model)]
-    if config_file:
-        layers.append(read_yaml(config_file))
-    if overrides:
-        layers.append(overrides)
-    if sets:
-        layers.append(parse_set(sets))
-    return build(layers)
+    base = model_layer(model)
+    # A model file may hold per-dataset deltas (`datasets: {ring8: {...}}`): published settings for
+    # toy data differ from image settings. They apply right after the model file, for the dataset
+    # the later layers finally select.
+    per_dataset = base.pop("datasets", {}) or {}
+    later = ([read_yaml(config_file)] if config_file else []) + ([overrides] if overrides else []) \
+        + ([parse_set(sets)] if sets else [])
+    dataset = DataConfig().name
+    for layer in [base, *later]:
+        data = layer.get("data")
+        if isinstance(data, dict) and "name" in data:
+            dataset = data["name"]
+    if not isinstance(per_dataset, dict):
+        raise ConfigError(f"{model}.yaml: 'datasets' must map dataset names to config deltas")
+    extra = [per_dataset[dataset]] if dataset in per_dataset else []
+    return build([base, *extra, *later])
 
 
 def dump(cfg: RunConfig) -> str:

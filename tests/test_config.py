@@ -72,3 +72,17 @@ def test_registry_lists_models_and_dispatches():
     assert get("loss", "wasserstein") is not None
     with pytest.raises(RegistryError, match="hinge"):
         get("loss", "hing")
+
+
+def test_per_dataset_deltas_apply_only_to_that_dataset():
+    toy = C.resolve("wgan-gp", overrides={"data": {"name": "ring8"}})
+    assert toy.options.latent_dim == 2 and toy.options.regularizers[0]["weight"] == 0.1
+    mnist = C.resolve("wgan-gp")
+    assert mnist.options.latent_dim == 100 and mnist.options.regularizers[0]["weight"] == 10
+    # --set still wins over the per-dataset section
+    toy = C.resolve("wgan-gp", overrides={"data": {"name": "ring8"}}, sets=["gan.latent_dim=4"])
+    assert toy.options.latent_dim == 4
+
+
+def test_exponent_floats_from_the_command_line():
+    assert C.resolve("gan", sets=["gan.g_optim.lr=1e-3"]).options.g_optim.lr == 1e-3

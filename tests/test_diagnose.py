@@ -116,6 +116,21 @@ def test_hook_warns_on_a_constructed_collapse(tmp_path, capsys):
     assert "collapse warning" not in capsys.readouterr().err
 
 
+def test_hook_runs_in_training_and_across_resume(tmp_path):
+    def run(name, steps, resume=False):
+        sets = TOY + ["data.name=ring8", "data.n_points=500", f"train.steps={steps}", f"out={tmp_path}",
+                      f"name={name}", "diagnose.every=1", "diagnose.n=100"]
+        Trainer(C.resolve("gan", sets=sets), tmp_path / name, resume=resume, show_progress=False).run()
+        return torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)["family_state"]["G"]
+
+    full = run("full", 4)
+    run("half", 2)
+    resumed = run("half", 4, resume=True)
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    logged = [line for line in (tmp_path / "half" / "metrics.jsonl").read_text().splitlines() if "diagnose/" in line]
+    assert len(logged) == 4
+
+
 def test_collapse_check_rule(monkeypatch):
     state, fired = {}, []
     monkeypatch.setattr(D, "_warn", fired.append)

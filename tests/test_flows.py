@@ -134,7 +134,8 @@ def test_invconv_is_lu_parameterised_and_starts_orthogonal():
 
 def test_actnorm_initialises_to_zero_mean_unit_variance_per_channel():
     torch.manual_seed(0)
-    x = torch.randn(64, 3, 5, 5) * torch.tensor([0.5, 2.0, 7.0]).view(1, 3, 1, 1) + torch.tensor([3.0, -1.0, 10.0]).view(1, 3, 1, 1)
+    std, mean = torch.tensor([0.5, 2.0, 7.0]).view(1, 3, 1, 1), torch.tensor([3.0, -1.0, 10.0]).view(1, 3, 1, 1)
+    x = torch.randn(64, 3, 5, 5) * std + mean
     norm = ActNorm(3).train()
     assert not norm.initialized
     z, _ = norm(x)
@@ -242,6 +243,9 @@ def test_nll_and_bits_per_dim_against_a_hand_computation(n_bits, alpha):
         total.append(d * n_bits * math.log(2) - lp)  # discretisation: D ln(2^n) nats
     assert torch.allclose(nll.double(), torch.tensor(total, dtype=torch.float64), rtol=1e-6)
     assert discretization_nats(d, 8) == pytest.approx(d * math.log(256))
+    levels = torch.tensor([0, 7, 8, 255], dtype=torch.uint8)
+    assert dequantize(levels, 5, torch.zeros(4)).tolist() == [0.0, 0.0, 1 / 32, 31 / 32]  # top 5 bits
+    assert dequantize(levels, 8, torch.full((4,), 0.5)).tolist() == [(v + 0.5) / 256 for v in (0, 7, 8, 255)]
     assert bits_per_dim(total[0], d) == pytest.approx(total[0] / (d * math.log(2)))
 
 

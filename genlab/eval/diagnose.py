@@ -32,6 +32,7 @@ from torch import Tensor
 from .. import __version__
 from ..errors import GenlabError
 from . import modes as M
+from .evaluate import json_default as _json_default
 
 DEFAULT_N = {"mixture": 2500, "stacked": 26000, "image": 10000}
 MEM_N = 5000  # generated / test samples compared with the training set for memorisation
@@ -419,11 +420,3 @@ def _finite(o):
     if isinstance(o, (list, tuple)):
         return [_finite(v) for v in o]
     return o
-
-
-def _json_default(o):
-    if isinstance(o, Tensor):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

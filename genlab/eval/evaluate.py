@@ -184,7 +184,7 @@ def append_record(run_dir: str | Path, record: dict) -> Path:
     path = Path(run_dir) / EVAL_FILE
     records = read_records(run_dir) + [record]
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(records, indent=2, default=_json_default) + "\n")
+    tmp.write_text(json.dumps(records, indent=2, default=json_default) + "\n")
     tmp.replace(path)
     return path
 
@@ -232,7 +232,8 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _json_default(o):
+def json_default(o):
+    """json.dumps default= for tensors and paths (records written by eval and diagnose)."""
     if isinstance(o, Tensor):
         return o.tolist()
     if isinstance(o, Path):
