@@ -176,7 +176,7 @@ def _describe_model(name: str) -> str:
 
 
 # Commands defined beside the subsystems they drive register themselves on `app`.
-from . import cli_compare, cli_diagnose, cli_eval  # noqa: E402,F401
+from . import cli_compare, cli_diagnose, cli_eval, cli_translate  # noqa: E402,F401
 
 
 def main() -> None:
