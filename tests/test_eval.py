@@ -23,14 +23,6 @@ TINY = ["gan.g_width=4", "gan.d_width=4", "gan.latent_dim=8", "train.batch_size=
 N = 300  # samples per evaluation in these tests (KID then uses subsets of 300)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small matrices on a shared 2-core machine: extra OpenMP threads only add sync overhead."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path_factory, monkeypatch):

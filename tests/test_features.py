@@ -13,14 +13,6 @@ from genlab.eval import reference as R
 from genlab.eval.evaluator import WEIGHTS_DIR, EvaluatorTrainConfig, random_shift, sha256_file, train_evaluator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small matrices on a shared 2-core machine: extra OpenMP threads only add sync overhead."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def ext():

@@ -11,14 +11,6 @@ from torch import nn
 from genlab.eval import metrics as M
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny matrices: OpenMP threads only add sync overhead (100x slower on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def gauss(n, d, shift=0.0, scale=1.0, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConfigError, OptimConfig, RunConfig
+from ..losses import build_loss
 from ..registry import RegistryError, get, register
 from .base import eval_mode, make_optimizer, to_signed
 
@@ -132,12 +133,7 @@ class CycleGANFamily:
                                 for _ in range(2))
         self.D_A, self.D_B = (D(self.domain_shape, width=o.d_width, norm=o.d_norm, n_layers=o.d_layers).to(device)
                               for _ in range(2))
-        try:
-            self.loss = get("loss", o.loss)(**o.loss_args)
-        except RegistryError as e:
-            raise ConfigError(str(e)) from None
-        except TypeError as e:
-            raise ConfigError(f"loss {o.loss!r}: {e}") from None
+        self.loss = build_loss(o.loss, o.loss_args)
         self.opt_g = make_optimizer([*self.G_AB.parameters(), *self.G_BA.parameters()], o.g_optim)
         self.opt_d = make_optimizer([*self.D_A.parameters(), *self.D_B.parameters()], o.d_optim)
         self.pool_A, self.pool_B = ImagePool(o.pool_size, cfg.seed + 1), ImagePool(o.pool_size, cfg.seed + 2)
