@@ -57,7 +57,6 @@ class TrainConfig:
     grid_size: int = 64  # samples in each periodic grid (fixed noise)
     ema_decay: float = 0.0  # 0 disables; e.g. 0.999 keeps an EMA of the sampling weights
     amp: bool = False  # bf16 autocast on CUDA (ignored on CPU)
-    compile: bool = False  # torch.compile the family's nets (CUDA only)
     threads: int = 0  # torch intra-op threads on CPU; 0 -> all cores
 
 
