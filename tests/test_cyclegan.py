@@ -25,14 +25,6 @@ def _family(shape=(1, 8, 16), sets=()):
     return build_family(cfg, DataInfo("random", "image", shape), torch.device("cpu"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These nets are tiny: one thread is faster than two and leaves the other core alone."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_history_pool_fills_then_mixes_and_is_seeded():
     def run(seed):

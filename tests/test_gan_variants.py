@@ -14,14 +14,6 @@ from genlab.nets.autoencoder import Energy
 from genlab.registry import get
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These nets are tiny: one thread is faster than two and leaves the other core alone."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_least_squares_with_configurable_targets():
     r, f = torch.tensor([2.0, 0.0]), torch.tensor([-1.0, 1.0])
