@@ -53,19 +53,25 @@ def eval_(
         dev = str(select_device(device))
         record = floor(real_vs_real, n, metrics, features, batch_size, seed, bootstrap,
                               str(data_root) if data_root else "", dev, log=_err)
-        head = f"real vs real: {real_vs_real} train subset vs test split, n = {record['n_fake']} / {record['n_real']}"
+        head = (f"real vs real: {real_vs_real} train subset vs test split, n = {record['n_fake']} / {record['n_real']} "
+                f"(reference: {record['reference_cache']})")
     else:
         from .runs import load_run
 
         run = load_run(run_dir, checkpoint, device)
         record = evaluate(run, n, metrics, features, ref, batch_size, seed, bootstrap, log=_err)
-        head = (f"{record['model']} {checkpoint} (step {record['step']}) vs {record['ref_dataset']} {ref}: "
-                f"n_fake = {record['n_fake']}, n_real = {record['n_real']}")
+        if record["kind"] == "translation":
+            head = (f"{record['model']} {checkpoint} (step {record['step']}) on {record['dataset']} test: "
+                    f"n = {record['n_A']} A + {record['n_B']} B held-out images")
+        else:
+            head = (f"{record['model']} {checkpoint} (step {record['step']}) vs {record['ref_dataset']} {ref}: "
+                    f"n_fake = {record['n_fake']}, n_real = {record['n_real']} (reference: {record['reference_cache']})")
     if as_json:
         typer.echo(json.dumps(record, indent=2))
     else:
-        typer.echo(_features_line(record, features))
-        typer.echo(f"{head} (reference: {record['reference_cache']})")
+        if "extractor" in record:
+            typer.echo(_features_line(record, features))
+        typer.echo(head + (f"\n{record['note']}" if "note" in record else ""))
         typer.echo(format_table(record))
     if run_dir is not None and save:
         path = append_record(run_dir, record)

@@ -14,7 +14,6 @@ from genlab.nets.autoencoder import Energy
 from genlab.registry import get
 
 
-
 def test_least_squares_with_configurable_targets():
     r, f = torch.tensor([2.0, 0.0]), torch.tensor([-1.0, 1.0])
     ls = get("loss", "least_squares")(a=-1.0, b=1.0, c=0.0)

@@ -105,7 +105,9 @@ def load_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
     x = data.x
     if cfg.channels and cfg.channels != x.shape[1]:
         x = convert_channels(x, cfg.channels)
-    if cfg.resolution and tuple(x.shape[2:]) != (cfg.resolution, cfg.resolution):
+    # Height only: loaders that size images themselves (two-domain pairs, laid side by side as
+    # [A | B] rows of width 2 x resolution) already match it and must not be squared here.
+    if cfg.resolution and x.shape[2] != cfg.resolution:
         x = resize_images(x, cfg.resolution)
     info = dataclasses.replace(info, shape=tuple(x.shape[1:]), binarized=bool(cfg.binarize))
     return Dataset(x, data.y, info)

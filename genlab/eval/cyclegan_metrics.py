@@ -13,13 +13,15 @@
                              (through the same view): the ceiling the preservation figures compare to
                              (thick B digits are slightly out of the evaluator's training distribution).
 
-Inputs are a seeded random subset of n test images per domain (n capped at the split's size); the
+Inputs are a seeded random subset of n test images per domain (n capped at the split's size). `genlab
+eval` calls this for families that translate (they have no unconditional samples to score). The
 record names the extractor, its weights fingerprint, the split and n, as every genlab metric does.
 """
 from __future__ import annotations
 
 import torch
 
+from .. import __version__
 from ..data.pairs import load_domains, plain_view
 from .metrics import fid
 
@@ -33,45 +35,74 @@ def _batched(fn, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
     return torch.cat([fn(x[i:i + batch]).cpu() for i in range(0, len(x), batch)])
 
 
-def default_extractor(domain_shape: tuple[int, ...]):
-    """The evaluator CNN for 1x28x28 digits; None (FID and label metrics skipped) otherwise."""
-    if tuple(domain_shape) != (1, 28, 28):
-        return None
-    from .features import get_extractor
+def _extractor(features: str, domain_shape: tuple[int, ...], dataset: str):
+    """(extractor or None, picked automatically). 'auto' picks as `genlab eval` does for one domain's
+    images (genlab-mnist for 1x28x28, else inception); an auto pick whose weights are missing gives
+    None (FID and label metrics are then skipped), an explicit name raises."""
+    from ..data import DataInfo
+    from ..errors import GenlabError
+    from .features import get_extractor, resolve_extractor
 
-    return get_extractor("genlab-mnist")
+    name, picked = resolve_extractor(features, DataInfo(dataset, "image", tuple(domain_shape)))
+    try:
+        return get_extractor(name), picked
+    except GenlabError:
+        if picked:
+            return None, picked
+        raise
+
+
+def _features_and_probs(ext, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if hasattr(ext, "features_and_probs"):
+        return ext.features_and_probs(x)
+    return _batched(ext.features, x), _batched(ext.probs, x)
 
 
 @torch.no_grad()
-def cyclegan_metrics(run, n: int = 2000, seed: int = 0, extractor=None) -> dict:
-    """Metrics of a loaded cyclegan run (`genlab.runs.load_run`). `extractor` (optional) must offer
-    .features(x) and .probs(x) on float [0, 1] images; default: genlab-mnist for 1x28x28 domains."""
+def cyclegan_metrics(run, n: int = 2000, seed: int = 0, extractor=None, features: str = "auto") -> dict:
+    """A self-describing record (as `genlab eval` writes) of a loaded cyclegan run
+    (`genlab.runs.load_run`), measured on n held-out images per domain.
+
+    `extractor` (optional) is any object with .features(x) / .probs(x) (or .features_and_probs(x))
+    on float [0, 1] images; by default it is chosen from `features` as `genlab eval` does."""
     fam, data_name = run.family, run.cfg.data.name
     test = load_domains(run.cfg.data, "test")
     g = torch.Generator().manual_seed(seed)
     a, ya = _subset(test.a, test.ya, n, g)
     b, yb = _subset(test.b, test.yb, n, g)
     fake_b, fake_a = fam.translate(a, "AtoB").cpu(), fam.translate(b, "BtoA").cpu()
-    out: dict = {"family": "cyclegan", "dataset": data_name, "split": "test", "n_A": len(a), "n_B": len(b),
-                 "seed": seed, "step": run.step,
-                 "cycle_l1_AtoB": (fam.translate(fake_b, "BtoA").cpu() - a).abs().mean().item(),
-                 "cycle_l1_BtoA": (fam.translate(fake_a, "AtoB").cpu() - b).abs().mean().item(),
-                 "identity_l1_A": (fam.translate(a, "BtoA").cpu() - a).abs().mean().item(),
-                 "identity_l1_B": (fam.translate(b, "AtoB").cpu() - b).abs().mean().item()}
-    ext = extractor if extractor is not None else default_extractor(fam.domain_shape)
-    if ext is None:
-        out["note"] = "no evaluator for this image shape: FID and label preservation skipped"
+    m = {"cycle_l1_AtoB": (fam.translate(fake_b, "BtoA").cpu() - a).abs().mean().item(),
+         "cycle_l1_BtoA": (fam.translate(fake_a, "AtoB").cpu() - b).abs().mean().item(),
+         "identity_l1_A": (fam.translate(a, "BtoA").cpu() - a).abs().mean().item(),
+         "identity_l1_B": (fam.translate(b, "AtoB").cpu() - b).abs().mean().item()}
+    out: dict = {"kind": "translation", "model": run.cfg.model, "family": "cyclegan", "dataset": data_name,
+                 "checkpoint": getattr(run, "checkpoint", None), "step": run.step, "metrics": m,
+                 "split": "test", "n_A": len(a), "n_B": len(b), "n_fake": len(a) + len(b), "seed": seed,
+                 "timestamp": _now(), "genlab_version": __version__}
+    picked = extractor is None
+    if extractor is None:
+        extractor, picked = _extractor(features, fam.domain_shape, data_name)
+    if extractor is None:
+        out["note"] = "no feature extractor available for these images: FID and label preservation skipped"
         return out
-    out["features"] = getattr(ext, "name", "genlab-mnist")
-    out["features_fingerprint"] = getattr(ext, "fingerprint", None)
+    out.update(extractor=getattr(extractor, "name", type(extractor).__name__),
+               extractor_fingerprint=getattr(extractor, "fingerprint", None), extractor_auto=picked)
     view = lambda domain, x: plain_view(data_name, domain, x)  # noqa: E731
-    fb, rb = _batched(ext.features, view("B", fake_b)), _batched(ext.features, view("B", b))
-    fa, ra = _batched(ext.features, view("A", fake_a)), _batched(ext.features, view("A", a))
-    out["fid_AtoB"], out["fid_BtoA"] = fid(rb, fb), fid(ra, fa)
-    if (ya >= 0).all() and (yb >= 0).all() and len(ya) and len(yb):
-        cls = lambda domain, x: _batched(ext.probs, view(domain, x)).argmax(1)  # noqa: E731
-        out["label_preservation_AtoB"] = (cls("B", fake_b) == ya).float().mean().item()
-        out["label_preservation_BtoA"] = (cls("A", fake_a) == yb).float().mean().item()
-        out["evaluator_acc_A"] = (cls("A", a) == ya).float().mean().item()
-        out["evaluator_acc_B"] = (cls("B", b) == yb).float().mean().item()
+    f_fb, p_fb = _features_and_probs(extractor, view("B", fake_b))
+    f_fa, p_fa = _features_and_probs(extractor, view("A", fake_a))
+    f_b, p_b = _features_and_probs(extractor, view("B", b))
+    f_a, p_a = _features_and_probs(extractor, view("A", a))
+    m["fid_AtoB"], m["fid_BtoA"] = fid(f_b, f_fb), fid(f_a, f_fa)
+    labelled = len(ya) and len(yb) and bool((ya >= 0).all() and (yb >= 0).all())
+    if labelled and p_a.shape[1] > int(max(ya.max(), yb.max())):
+        m["label_preservation_AtoB"] = (p_fb.argmax(1) == ya).float().mean().item()
+        m["label_preservation_BtoA"] = (p_fa.argmax(1) == yb).float().mean().item()
+        m["evaluator_acc_A"] = (p_a.argmax(1) == ya).float().mean().item()
+        m["evaluator_acc_B"] = (p_b.argmax(1) == yb).float().mean().item()
     return out
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

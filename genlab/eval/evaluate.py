@@ -102,7 +102,15 @@ def evaluate(run, n: int = 10000, metrics: str | Sequence[str] = ALL_METRICS, fe
              ref: str = "test", batch_size: int = 500, seed: int = 0, n_boot: int = 0,
              extractor: Extractor | None = None, reference: Reference | None = None,
              log: Callable[[str], None] = _stderr) -> dict:
-    """Evaluate a LoadedRun (see genlab.runs.load_run) -> a self-describing record (a dict)."""
+    """Evaluate a LoadedRun (see genlab.runs.load_run) -> a self-describing record (a dict).
+
+    Families that translate between two domains (CycleGAN) have no unconditional samples to compare
+    with one reference; they get their own record (cycle / identity error, per-direction FID, label
+    preservation) from `cyclegan_metrics`, on the same extractors."""
+    if hasattr(run.family, "translate"):
+        from .cyclegan_metrics import cyclegan_metrics
+
+        return cyclegan_metrics(run, n=n, seed=seed, extractor=extractor, features=features)
     metrics = parse_metrics(metrics)
     name, picked = resolve_extractor(features, run.info)
     device = getattr(run.family, "device", "cpu")
@@ -202,13 +210,18 @@ def log_tensorboard(run_dir: str | Path, record: dict) -> None:
         writer.close()
 
 
+TRANSLATION_METRICS = ("cycle_l1_AtoB", "cycle_l1_BtoA", "identity_l1_A", "identity_l1_B", "fid_AtoB", "fid_BtoA",
+                       "label_preservation_AtoB", "label_preservation_BtoA", "evaluator_acc_A", "evaluator_acc_B")
+
+
 def format_table(record: dict) -> str:
     """The metrics of a record as an aligned two-column table (mean +- std where there is a std)."""
     m = record["metrics"]
     rows = []
     for key, label in (("fid", "FID"), ("kid_mean", "KID"), ("is_mean", "IS"), ("precision", "precision"),
                        ("recall", "recall"), ("density", "density"), ("coverage", "coverage"),
-                       ("nll_nats", "NLL (nats)"), ("bits_per_dim", "bits/dim")):
+                       ("nll_nats", "NLL (nats)"), ("bits_per_dim", "bits/dim"),
+                       *[(k, k.replace("_", " ")) for k in TRANSLATION_METRICS]):
         if key not in m:
             continue
         value = f"{m[key]:.5g}"
