@@ -92,7 +92,7 @@ def _resume_config(model: str, run_dir: Path, config: Optional[Path], layer: dic
 
     if not (run_dir / "config.yaml").is_file():
         raise RunError(f"cannot resume {run_dir}: not a genlab run directory (no config.yaml)")
-    saved = C.read_yaml(run_dir / "config.yaml")
+    saved = C.saved_layer(C.read_yaml(run_dir / "config.yaml"))
     if saved.get("model") != model:
         raise RunError(f"cannot resume {run_dir}: it is a run of {saved.get('model')!r}, not {model!r}")
     layers = [saved] + ([C.read_yaml(config)] if config else []) + [layer, C.parse_set(sets)]

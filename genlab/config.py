@@ -297,11 +297,26 @@ def dump(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
+# Keys that older genlab versions wrote into run configs and no longer accept. Saved configs (a run's
+# config.yaml, a checkpoint's config) drop them so old runs still load; user-written configs that
+# use them still get the unknown-key error.
+RETIRED_KEYS = {("train", "compile")}
+
+
+def saved_layer(config: dict) -> dict:
+    """A config saved by an earlier genlab, minus RETIRED_KEYS (copied; the input is left alone)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
+    for section, key in RETIRED_KEYS:
+        if isinstance(out.get(section), dict):
+            out[section].pop(key, None)
+    return out
+
+
 def load_run_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a genlab run directory (no config.yaml)")
-    return build([read_yaml(path)])
+    return build([saved_layer(read_yaml(path))])
 
 
 def register_models() -> None:

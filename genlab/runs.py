@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
-from .config import RunConfig, build
+from .config import RunConfig, build, saved_layer
 from .data import DataInfo
 from .ema import EMA
 from .errors import RunError
@@ -37,7 +37,7 @@ def load_run(run_dir: str | Path, which: str = "last", device: str = "auto") -> 
         raise RunError(f"{run_dir} is not a genlab run directory (no config.yaml)")
     path = checkpoint.resolve(run_dir, which)
     ckpt = checkpoint.load(path)
-    cfg = build([ckpt["config"]])
+    cfg = build([saved_layer(ckpt["config"])])
     dev = select_device(device)
     info = DataInfo(**ckpt["data_info"])
     family = build_family(cfg, info, dev)

@@ -86,3 +86,15 @@ def test_per_dataset_deltas_apply_only_to_that_dataset():
 
 def test_exponent_floats_from_the_command_line():
     assert C.resolve("gan", sets=["gan.g_optim.lr=1e-3"]).options.g_optim.lr == 1e-3
+
+
+def test_saved_configs_drop_retired_keys_but_user_configs_do_not(tmp_path):
+    saved = C.resolve("gan").to_dict()
+    saved["train"]["compile"] = False  # written by genlab versions that had train.compile
+    run = tmp_path / "old-run"
+    run.mkdir()
+    (run / "config.yaml").write_text(__import__("yaml").safe_dump(saved))
+    assert C.load_run_config(run).train.steps == saved["train"]["steps"]
+    assert saved["train"]["compile"] is False  # saved_layer copies, it does not edit its input
+    with pytest.raises(C.ConfigError, match="train.compile"):
+        C.resolve("gan", sets=["train.compile=false"])

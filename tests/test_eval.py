@@ -114,6 +114,26 @@ def test_evaluate_likelihood_hook_gives_bits_per_dim(tmp_path):
     assert rec["metrics"]["fid"] > 0 and rec["step"] == 7
 
 
+class GreyReconstructor(UniformFamily):
+    """A fake 'autoencoder' whose reconstruction is mid-grey whatever the input."""
+
+    def reconstruct(self, x):
+        assert x.dtype == torch.uint8
+        return torch.full(x.shape, 0.5)
+
+
+def test_evaluate_reconstruction_hook_gives_mse_on_the_reference_split(tmp_path):
+    from genlab.eval.reference import load_real
+
+    run = _fake_run(tmp_path, GreyReconstructor(), DataInfo("mnist", "image", (1, 28, 28), 10))
+    rec = evaluate(run, n=200, metrics="fid", batch_size=64, log=lambda m: None)
+    images, _ = load_real(C.resolve("gan").data, "test", 200)  # the same seeded subset evaluate scored
+    expected = (images.double() / 255 - 0.5).pow(2).mean().item()
+    assert rec["metrics"]["recon_mse"] == pytest.approx(expected, rel=1e-6)
+    assert rec["metrics"]["n_recon"] == 200 and "nll_nats" in rec["metrics"]
+    assert 0.15 < expected < 0.25  # mostly black pixels: close to 0.25, the mean of (0 - 0.5)^2
+
+
 def test_evaluate_refuses_points_data(tmp_path):
     run = _fake_run(tmp_path, UniformFamily(), DataInfo("ring8", "points", (2,)))
     with pytest.raises(GenlabError, match="genlab diagnose"):

@@ -10,7 +10,8 @@ dropped: only features (n x d float32) and class probabilities are kept, so 50k 
 A record is self-describing (DESIGN.md): metrics, extractor name + fingerprint, reference dataset /
 split / n_real, n_fake, seed, checkpoint, step, timestamp, genlab version. Families with
 `log_likelihood(x)` (nats per example, x a uint8 batch as in training) also get NLL and bits/dim on
-the reference split. `RUN_DIR/eval.json` is a JSON list of records, newest last.
+the reference split; families with `reconstruct(x)` (VAE, VQ-VAE) get its MSE per pixel there.
+`RUN_DIR/eval.json` is a JSON list of records, newest last.
 """
 from __future__ import annotations
 
@@ -70,19 +71,24 @@ def sample_features(sample: Callable[[int, torch.Generator], Tensor], n: int, ex
 BINARIZE_SEED = 0
 
 
-def likelihood(family, data_cfg: DataConfig, split: str, n: int, batch_size: int) -> dict[str, float]:
-    """NLL = -mean log p(x) (nats per image) and bits/dim = NLL / (D ln 2) on real `split` images.
+def scored_images(family, data_cfg: DataConfig, split: str, n: int) -> tuple[Tensor, dict]:
+    """Real `split` images (uint8, as `train_step` gets them) for likelihood / reconstruction scores.
+
+    Binarized models are scored on ONE fixed, seeded Bernoulli draw of the real images (the usual
+    protocol for dynamically binarized MNIST), so every evaluation sees the same bits."""
+    images, info = load_real(data_cfg, split, n)
+    if not getattr(family, "info", info).binarized:
+        return images, {}
+    gen = torch.Generator().manual_seed(BINARIZE_SEED)
+    images = (torch.bernoulli(images.float() / 255, generator=gen) * 255).to(torch.uint8)
+    return images, {"nll_binarization": f"bernoulli(x/255), fixed seed {BINARIZE_SEED}"}
+
+
+def likelihood(family, images: Tensor, batch_size: int) -> dict[str, float]:
+    """NLL = -mean log p(x) (nats per image) and bits/dim = NLL / (D ln 2) on real uint8 images.
 
     `family.log_likelihood(x)` gets uint8 batches exactly as `train_step` does (the family applies its
     own dequantisation / binarisation) and returns log p(x) in nats, one value per image."""
-    images, info = load_real(data_cfg, split, n)
-    extra = {}
-    if getattr(family, "info", info).binarized:
-        # Binarized models are scored on ONE fixed, seeded Bernoulli draw of the real images (the
-        # usual protocol for dynamically binarized MNIST), so every evaluation sees the same bits.
-        gen = torch.Generator().manual_seed(BINARIZE_SEED)
-        images = (torch.bernoulli(images.float() / 255, generator=gen) * 255).to(torch.uint8)
-        extra["nll_binarization"] = f"bernoulli(x/255), fixed seed {BINARIZE_SEED}"
     device = getattr(family, "device", "cpu")
     parts = []
     with torch.no_grad():
@@ -94,8 +100,19 @@ def likelihood(family, data_cfg: DataConfig, split: str, n: int, batch_size: int
         raise GenlabError(f"log_likelihood returned {logp.shape[0]} values for {len(images)} images "
                           f"({(~torch.isfinite(logp)).sum().item()} non-finite)")
     nll = -logp.mean().item()
-    dims = math.prod(info.shape)
-    return {"nll_nats": nll, "bits_per_dim": nll / (dims * math.log(2)), "n_nll": len(images), **extra}
+    dims = math.prod(images.shape[1:])
+    return {"nll_nats": nll, "bits_per_dim": nll / (dims * math.log(2)), "n_nll": len(images)}
+
+
+def reconstruction(family, images: Tensor, batch_size: int) -> dict[str, float]:
+    """Mean squared error per pixel, on the [0, 1] scale, of `family.reconstruct` on real images."""
+    device = getattr(family, "device", "cpu")
+    se = 0.0
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size]
+            se += (family.reconstruct(x.to(device)).float().cpu() - x.float() / 255).pow(2).sum().item()
+    return {"recon_mse": se / images.numel(), "n_recon": len(images)}
 
 
 def evaluate(run, n: int = 10000, metrics: str | Sequence[str] = ALL_METRICS, features: str = "auto",
@@ -126,11 +143,12 @@ def evaluate(run, n: int = 10000, metrics: str | Sequence[str] = ALL_METRICS, fe
     t_feat = time.perf_counter()
     values = compute_all(*_on(device, refs.features, fake, probs), metrics, n_boot=n_boot, seed=seed)
     protocol = {}
-    if hasattr(run.family, "log_likelihood"):
-        ll = likelihood(run.family, data_cfg, ref, n, batch_size)
-        if "nll_binarization" in ll:
-            protocol["nll_binarization"] = ll.pop("nll_binarization")
-        values.update(ll)
+    if hasattr(run.family, "log_likelihood") or hasattr(run.family, "reconstruct"):
+        images, protocol = scored_images(run.family, data_cfg, ref, n)
+        if hasattr(run.family, "log_likelihood"):
+            values.update(likelihood(run.family, images, batch_size))
+        if hasattr(run.family, "reconstruct"):
+            values.update(reconstruction(run.family, images, batch_size))
     t_end = time.perf_counter()
     return {
         "kind": "samples", "model": run.cfg.model, "dataset": run.info.name,
@@ -220,7 +238,7 @@ def format_table(record: dict) -> str:
     rows = []
     for key, label in (("fid", "FID"), ("kid_mean", "KID"), ("is_mean", "IS"), ("precision", "precision"),
                        ("recall", "recall"), ("density", "density"), ("coverage", "coverage"),
-                       ("nll_nats", "NLL (nats)"), ("bits_per_dim", "bits/dim"),
+                       ("nll_nats", "NLL (nats)"), ("bits_per_dim", "bits/dim"), ("recon_mse", "recon MSE"),
                        *[(k, k.replace("_", " ")) for k in TRANSLATION_METRICS]):
         if key not in m:
             continue
