@@ -29,7 +29,8 @@ def _features_line(record: dict, requested: str) -> str:
 def eval_(
     run_dir: Optional[Path] = typer.Argument(None, help="A run directory written by `genlab train` (omit with --real-vs-real)."),
     n: int = typer.Option(10000, "-n", "--n", help="Generated samples; the reference uses as many real images (at most the split size). Compare FID only at equal n."),
-    metrics: str = typer.Option("fid,kid,is,pr,dc", help="Comma-separated subset of fid,kid,is,pr,dc (or all)."),
+    metrics: str = typer.Option("fid,kid,is,pr,dc", help="Comma-separated subset of fid,kid,is,pr,dc, all, or none (NLL / reconstruction only)."),
+    n_test: Optional[int] = typer.Option(None, "--n-test", help="Real test images for NLL / bits/dim / reconstruction (default: --n)."),
     features: str = typer.Option("auto", help="Feature extractor: auto (genlab-mnist for 1x28x28, else inception), genlab-mnist, inception, genlab-DATASET."),
     ref: str = typer.Option("test", help="Reference split of the run's dataset: train | test."),
     checkpoint: str = typer.Option("last", help="last | best | step-N."),
@@ -59,13 +60,19 @@ def eval_(
         from .runs import load_run
 
         run = load_run(run_dir, checkpoint, device)
-        record = evaluate(run, n, metrics, features, ref, batch_size, seed, bootstrap, log=_err)
+        record = evaluate(run, n, metrics, features, ref, batch_size, seed, bootstrap, log=_err, n_test=n_test)
         if record["kind"] == "translation":
             head = (f"{record['model']} {checkpoint} (step {record['step']}) on {record['dataset']} test: "
                     f"n = {record['n_A']} A + {record['n_B']} B held-out images")
         else:
-            head = (f"{record['model']} {checkpoint} (step {record['step']}) vs {record['ref_dataset']} {ref}: "
-                    f"n_fake = {record['n_fake']}, n_real = {record['n_real']} (reference: {record['reference_cache']})")
+            head = f"{record['model']} {checkpoint} (step {record['step']})"
+            if "n_fake" in record:
+                head += (f" vs {record['ref_dataset']} {ref}: n_fake = {record['n_fake']}, n_real = "
+                         f"{record['n_real']} (reference: {record['reference_cache']})")
+            for key in ("n_nll", "n_recon"):
+                if key in record["metrics"]:
+                    head += f"; {record['metrics'][key]} {ref} images for NLL / reconstruction"
+                    break
     if as_json:
         typer.echo(json.dumps(record, indent=2))
     else:

@@ -134,6 +134,20 @@ def test_evaluate_reconstruction_hook_gives_mse_on_the_reference_split(tmp_path)
     assert 0.15 < expected < 0.25  # mostly black pixels: close to 0.25, the mean of (0 - 0.5)^2
 
 
+def test_metrics_none_scores_test_images_only_and_n_test_is_separate(tmp_path):
+    class NoSampling(GreyReconstructor):
+        def sample(self, n, generator=None):
+            raise AssertionError("--metrics none must not sample")
+
+    run = _fake_run(tmp_path, NoSampling(), DataInfo("mnist", "image", (1, 28, 28), 10))
+    rec = evaluate(run, n=50, metrics="none", n_test=120, log=lambda m: None)
+    assert rec["metrics"]["n_nll"] == rec["metrics"]["n_recon"] == 120
+    assert "fid" not in rec["metrics"] and "extractor" not in rec and rec["test_split"] == "test"
+    gan = _fake_run(tmp_path, object(), DataInfo("mnist", "image", (1, 28, 28), 10))
+    with pytest.raises(GenlabError, match="nothing to measure"):
+        evaluate(gan, n=50, metrics="none")
+
+
 def test_evaluate_refuses_points_data(tmp_path):
     run = _fake_run(tmp_path, UniformFamily(), DataInfo("ring8", "points", (2,)))
     with pytest.raises(GenlabError, match="genlab diagnose"):

@@ -41,10 +41,12 @@ def parse_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
     items = [m for m in items if m]
     if items == ["all"]:
         return ALL_METRICS
+    if items == ["none"]:  # likelihood / reconstruction only, no sampling
+        return ()
     bad = [m for m in items if m not in ALL_METRICS]
     if bad or not items:
         raise GenlabError(f"unknown metric(s) {', '.join(bad) or '(none given)'}; choose from "
-                          f"{', '.join(ALL_METRICS)} (comma-separated) or all")
+                          f"{', '.join(ALL_METRICS)} (comma-separated), all, or none")
     return tuple(dict.fromkeys(items))
 
 
@@ -118,8 +120,12 @@ def reconstruction(family, images: Tensor, batch_size: int) -> dict[str, float]:
 def evaluate(run, n: int = 10000, metrics: str | Sequence[str] = ALL_METRICS, features: str = "auto",
              ref: str = "test", batch_size: int = 500, seed: int = 0, n_boot: int = 0,
              extractor: Extractor | None = None, reference: Reference | None = None,
-             log: Callable[[str], None] = _stderr) -> dict:
+             log: Callable[[str], None] = _stderr, n_test: int | None = None) -> dict:
     """Evaluate a LoadedRun (see genlab.runs.load_run) -> a self-describing record (a dict).
+
+    n samples feed the sample metrics (`metrics`; "none" skips sampling); n_test real `ref` images
+    (default n) feed NLL / reconstruction for families that have them -- separate, because drawing a
+    PixelCNN sample costs thousands of forward passes and an IWAE estimate k of them per test image.
 
     Families that translate between two domains (CycleGAN) have no unconditional samples to compare
     with one reference; they get their own record (cycle / identity error, per-direction FID, label
@@ -129,11 +135,36 @@ def evaluate(run, n: int = 10000, metrics: str | Sequence[str] = ALL_METRICS, fe
 
         return cyclegan_metrics(run, n=n, seed=seed, extractor=extractor, features=features)
     metrics = parse_metrics(metrics)
+    scores_test = hasattr(run.family, "log_likelihood") or hasattr(run.family, "reconstruct")
+    if not metrics and not scores_test:
+        raise GenlabError(f"--metrics none leaves nothing to measure: {run.cfg.model} has no likelihood "
+                          f"or reconstruction")
+    data_cfg = data_config_for(run.cfg.data)
+    record = {"kind": "samples", "model": run.cfg.model, "dataset": run.info.name,
+              "checkpoint": run.checkpoint, "step": run.step, "metrics": {}}
+    seconds = {}
+    if metrics:
+        record.update(_sample_metrics(run, n, metrics, features, ref, batch_size, seed, n_boot, extractor,
+                                      reference, data_cfg, log, seconds))
+    if scores_test:
+        t0 = time.perf_counter()
+        images, protocol = scored_images(run.family, data_cfg, ref, n if n_test is None else n_test)
+        if hasattr(run.family, "log_likelihood"):
+            record["metrics"].update(likelihood(run.family, images, batch_size))
+        if hasattr(run.family, "reconstruct"):
+            record["metrics"].update(reconstruction(run.family, images, batch_size))
+        record.update(test_split=ref, **protocol)
+        seconds["test_images"] = round(time.perf_counter() - t0, 2)
+    return {**record, "seed": seed, "timestamp": _now(), "genlab_version": __version__, "seconds": seconds}
+
+
+def _sample_metrics(run, n, metrics, features, ref, batch_size, seed, n_boot, extractor, reference,
+                    data_cfg, log, seconds: dict) -> dict:
+    """The sample-metric part of a record: one sampling + feature pass against cached real features."""
     name, picked = resolve_extractor(features, run.info)
     device = getattr(run.family, "device", "cpu")
     ext = extractor or get_extractor(name, device)
     ext.check_shape(tuple(run.info.shape))
-    data_cfg = data_config_for(run.cfg.data)
     t0 = time.perf_counter()
     refs = reference or get_reference(data_cfg, ref, n, ext, batch_size=batch_size, log=log)
     t_ref = time.perf_counter()
@@ -142,24 +173,11 @@ def evaluate(run, n: int = 10000, metrics: str | Sequence[str] = ALL_METRICS, fe
                                       keep_probs="is" in metrics)
     t_feat = time.perf_counter()
     values = compute_all(*_on(device, refs.features, fake, probs), metrics, n_boot=n_boot, seed=seed)
-    protocol = {}
-    if hasattr(run.family, "log_likelihood") or hasattr(run.family, "reconstruct"):
-        images, protocol = scored_images(run.family, data_cfg, ref, n)
-        if hasattr(run.family, "log_likelihood"):
-            values.update(likelihood(run.family, images, batch_size))
-        if hasattr(run.family, "reconstruct"):
-            values.update(reconstruction(run.family, images, batch_size))
-    t_end = time.perf_counter()
-    return {
-        "kind": "samples", "model": run.cfg.model, "dataset": run.info.name,
-        "checkpoint": run.checkpoint, "step": run.step, "metrics": values,
-        "extractor": ext.name, "extractor_fingerprint": ext.fingerprint, "extractor_auto": picked,
-        **describe(refs), "n_fake": int(fake.shape[0]), "seed": seed, "n_boot": n_boot,
-        "timestamp": _now(), "genlab_version": __version__,
-        "seconds": {"reference": round(t_ref - t0, 2), "sample_and_features": round(t_feat - t_ref, 2),
-                    "metrics": round(t_end - t_feat, 2)},
-        "reference_cache": refs.status, **protocol,
-    }
+    seconds.update(reference=round(t_ref - t0, 2), sample_and_features=round(t_feat - t_ref, 2),
+                   metrics=round(time.perf_counter() - t_feat, 2))
+    return {"metrics": values, "extractor": ext.name, "extractor_fingerprint": ext.fingerprint,
+            "extractor_auto": picked, **describe(refs), "n_fake": int(fake.shape[0]), "n_boot": n_boot,
+            "reference_cache": refs.status}
 
 
 def real_vs_real(dataset: str, n: int = 10000, metrics: str | Sequence[str] = ALL_METRICS,
@@ -219,11 +237,13 @@ def log_tensorboard(run_dir: str | Path, record: dict) -> None:
     """Scalars under eval_n<N>/ in RUN_DIR/tb (one tag family per n: FID is only comparable at equal n)."""
     from torch.utils.tensorboard import SummaryWriter
 
+    m = record["metrics"]
+    n = record.get("n_fake") or m.get("n_nll") or m.get("n_recon", 0)
     writer = SummaryWriter(str(Path(run_dir) / "tb"))
     try:
-        for k, v in record["metrics"].items():
+        for k, v in m.items():
             if isinstance(v, (int, float)) and math.isfinite(v):
-                writer.add_scalar(f"eval_n{record['n_fake']}/{k}", v, record.get("step", 0))
+                writer.add_scalar(f"eval_n{n}/{k}", v, record.get("step", 0))
     finally:
         writer.close()
 
