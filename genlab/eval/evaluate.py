@@ -59,7 +59,7 @@ def sample_features(sample: Callable[[int, torch.Generator], Tensor], n: int, ex
         raise GenlabError(f"--batch-size must be positive, got {batch_size}")
     gen = torch.Generator().manual_seed(seed)
     feats, probs = [], []
-    for i in range(0, n, batch_size):
+    for i in progress(range(0, n, batch_size), n, batch_size, "sampling"):
         x = sample(min(batch_size, n - i), gen)
         if tuple(x.shape[1:]) != tuple(shape):
             raise GenlabError(f"samples have shape {tuple(x.shape[1:])}, the data {tuple(shape)}")
@@ -68,6 +68,16 @@ def sample_features(sample: Callable[[int, torch.Generator], Tensor], n: int, ex
         if keep_probs:
             probs.append(p)
     return torch.cat(feats), (torch.cat(probs) if keep_probs else None)
+
+
+def progress(chunks: range, total: int, batch_size: int, desc: str):
+    """Iterate over chunk starts with a progress bar in images (shown on a terminal only)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=desc, unit="img", disable=None, leave=False) as bar:
+        for i in chunks:
+            yield i
+            bar.update(min(batch_size, total - i))
 
 
 BINARIZE_SEED = 0
@@ -94,7 +104,7 @@ def likelihood(family, images: Tensor, batch_size: int) -> dict[str, float]:
     device = getattr(family, "device", "cpu")
     parts = []
     with torch.no_grad():
-        for i in range(0, len(images), batch_size):
+        for i in progress(range(0, len(images), batch_size), len(images), batch_size, "log-likelihood"):
             logp = family.log_likelihood(images[i:i + batch_size].to(device))
             parts.append(torch.as_tensor(logp).double().cpu().reshape(-1))
     logp = torch.cat(parts)
