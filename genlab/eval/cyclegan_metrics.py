@@ -23,6 +23,7 @@ import torch
 
 from .. import __version__
 from ..data.pairs import load_domains, plain_view
+from .evaluate import _now
 from .metrics import fid
 
 
@@ -100,9 +101,3 @@ def cyclegan_metrics(run, n: int = 2000, seed: int = 0, extractor=None, features
         m["evaluator_acc_A"] = (p_a.argmax(1) == ya).float().mean().item()
         m["evaluator_acc_B"] = (p_b.argmax(1) == yb).float().mean().item()
     return out
-
-
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
