@@ -444,3 +444,17 @@ def test_infinite_kl_counts_as_worst(runs, tmp_path):
     assert cells["collapsed"]["diag.mixture.reverse_kl"]["attrs"]["data-value"] == "Infinity"
     data = json.loads(compare([tmp_path / "collapsed"], None, "json")[0])  # strict JSON: inf -> null
     assert data["runs"][0]["values"]["diag.mixture.reverse_kl"] is None
+
+
+def test_binarized_data_is_its_own_comparability_group(runs, tmp_path):
+    from genlab.report.compare import compare
+
+    binar = tmp_path / "binarized"  # same eval record as gan-a, but the model saw binarized MNIST
+    shutil.copytree(runs / "gan-a", binar)
+    cfg = (binar / "config.yaml").read_text()
+    assert "binarize: false" in cfg
+    (binar / "config.yaml").write_text(cfg.replace("binarize: false", "binarize: true"))
+    _, table = compare([str(runs / "gan-a"), str(binar)], None, "json")
+    groups = {table.runs[i].name: g for g in table.groups for i in g.rows}
+    assert groups["binarized"] is not groups["gan-a"] and groups["binarized"].differs == ["dataset"]
+    assert "mnist (binarized)" in groups["binarized"].label

@@ -295,7 +295,7 @@ def read_run(run_dir: Path, warnings: list[str] | None = None) -> Run:
     data, train = config.get("data") or {}, config.get("train") or {}
     values: dict[str, Any] = {
         "run": run_dir.name, "model": config.get("model") or None, "family": config.get("family") or None,
-        "dataset": data.get("name") if isinstance(data, dict) else None, "steps": step,
+        "dataset": _dataset_label(data), "steps": step,
         "planned_steps": train.get("steps") if isinstance(train, dict) else None,
         "wall_time_s": float(wall) if _is_number(wall) else None}
     metrics, info = read_eval(run_dir, warnings)
@@ -311,6 +311,14 @@ def read_run(run_dir: Path, warnings: list[str] | None = None) -> Run:
     inside = run_dir.resolve()  # never embed files from outside the run (diagnostics.json names them)
     plots = list(dict.fromkeys(p for p in plots if p.is_file() and p.resolve().is_relative_to(inside)))
     return Run(run_dir.name, run_dir, config, values, history, sample, sample_step, plots)
+
+
+def _dataset_label(data) -> str | None:
+    """The data a run modelled: binarized MNIST is another dataset for every metric (FID against
+    binarized references, NLL in a different space), so it must not share a comparability group."""
+    if not isinstance(data, dict) or data.get("name") is None:
+        return None
+    return f"{data['name']} (binarized)" if data.get("binarize") else str(data["name"])
 
 
 def _ref_label(info: dict) -> str | None:
@@ -396,7 +404,7 @@ def _groups(runs: list[Run]) -> list[Group]:
 def _group_label(f: dict) -> str:
     parts = [f"dataset {f['dataset']}" if f["dataset"] is not None else "dataset ?"]
     if f["extractor"] is None and f["n_fake"] is None:
-        return ", ".join(parts + ["no eval.json (sample-quality metrics blank)"])
+        return ", ".join(parts + ["no sample-metric evaluation (FID etc. blank)"])
     fp = f" (fingerprint {str(f['fingerprint'])[:12]})" if f["fingerprint"] else ""
     parts += [f"extractor {f['extractor'] or '?'}{fp}", f"ref {f['ref'] or '?'}",
               f"n_fake {_fmt_int(f['n_fake'])}", f"n_real {_fmt_int(f['n_real'])}"]
