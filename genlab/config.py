@@ -152,6 +152,10 @@ def _merge(base: dict, layer: dict, schema: dict, path: str) -> None:
         typ = schema[key]
         if dataclasses.is_dataclass(typ):
             _merge(base.setdefault(key, {}), value, _schema(typ), f"{path}{key}.")
+        elif isinstance(base.get(key), dict) and isinstance(value, dict):
+            # free-form mappings (e.g. gan.loss_args) merge key by key, so `--set gan.loss_args.c=0`
+            # keeps the model file's other arguments instead of dropping them
+            base[key] = {**base[key], **_coerce(value, typ, f"{path}{key}")}
         else:
             base[key] = _coerce(value, typ, f"{path}{key}")
 

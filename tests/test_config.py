@@ -98,3 +98,10 @@ def test_saved_configs_drop_retired_keys_but_user_configs_do_not(tmp_path):
     assert saved["train"]["compile"] is False  # saved_layer copies, it does not edit its input
     with pytest.raises(C.ConfigError, match="train.compile"):
         C.resolve("gan", sets=["train.compile=false"])
+
+
+def test_set_on_a_mapping_merges_with_the_model_file():
+    cfg = C.resolve("ebgan", sets=["gan.loss_args.pt_weight=0"])
+    assert cfg.options.loss_args == {"margin": 1.0, "pt_weight": 0}
+    cfg = C.resolve("lsgan", sets=["gan.loss_args.c=0.5"])
+    assert cfg.options.loss_args == {"a": 0.0, "b": 1.0, "c": 0.5}
