@@ -32,10 +32,6 @@ def _subset(x: torch.Tensor, y: torch.Tensor, n: int, g: torch.Generator):
     return x[idx].float().div(255), y[idx]
 
 
-def _batched(fn, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    return torch.cat([fn(x[i:i + batch]).cpu() for i in range(0, len(x), batch)])
-
-
 def _extractor(features: str, domain_shape: tuple[int, ...], dataset: str):
     """(extractor or None, picked automatically). 'auto' picks as `genlab eval` does for one domain's
     images (genlab-mnist for 1x28x28, else inception); an auto pick whose weights are missing gives
@@ -53,19 +49,13 @@ def _extractor(features: str, domain_shape: tuple[int, ...], dataset: str):
         raise
 
 
-def _features_and_probs(ext, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if hasattr(ext, "features_and_probs"):
-        return ext.features_and_probs(x)
-    return _batched(ext.features, x), _batched(ext.probs, x)
-
-
 @torch.no_grad()
 def cyclegan_metrics(run, n: int = 2000, seed: int = 0, extractor=None, features: str = "auto") -> dict:
     """A self-describing record (as `genlab eval` writes) of a loaded cyclegan run
     (`genlab.runs.load_run`), measured on n held-out images per domain.
 
-    `extractor` (optional) is any object with .features(x) / .probs(x) (or .features_and_probs(x))
-    on float [0, 1] images; by default it is chosen from `features` as `genlab eval` does."""
+    `extractor` (optional) is a features.Extractor (anything with .features_and_probs(x) on float
+    [0, 1] images); by default it is chosen from `features` as `genlab eval` does."""
     fam, data_name = run.family, run.cfg.data.name
     test = load_domains(run.cfg.data, "test")
     g = torch.Generator().manual_seed(seed)
@@ -89,10 +79,10 @@ def cyclegan_metrics(run, n: int = 2000, seed: int = 0, extractor=None, features
     out.update(extractor=getattr(extractor, "name", type(extractor).__name__),
                extractor_fingerprint=getattr(extractor, "fingerprint", None), extractor_auto=picked)
     view = lambda domain, x: plain_view(data_name, domain, x)  # noqa: E731
-    f_fb, p_fb = _features_and_probs(extractor, view("B", fake_b))
-    f_fa, p_fa = _features_and_probs(extractor, view("A", fake_a))
-    f_b, p_b = _features_and_probs(extractor, view("B", b))
-    f_a, p_a = _features_and_probs(extractor, view("A", a))
+    f_fb, p_fb = extractor.features_and_probs(view("B", fake_b))
+    f_fa, p_fa = extractor.features_and_probs(view("A", fake_a))
+    f_b, p_b = extractor.features_and_probs(view("B", b))
+    f_a, p_a = extractor.features_and_probs(view("A", a))
     m["fid_AtoB"], m["fid_BtoA"] = fid(f_b, f_fb), fid(f_a, f_fa)
     labelled = len(ya) and len(yb) and bool((ya >= 0).all() and (yb >= 0).all())
     if labelled and p_a.shape[1] > int(max(ya.max(), yb.max())):

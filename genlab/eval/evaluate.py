@@ -28,9 +28,10 @@ from torch import Tensor
 from .. import __version__
 from ..config import DataConfig
 from ..errors import GenlabError
+from ..families.base import bits_per_dim
 from .features import Extractor, get_extractor, resolve_extractor
 from .metrics import ALL_METRICS, compute_all
-from .reference import Reference, _stderr, data_config_for, describe, get_reference, load_real
+from .reference import BINARIZATION, Reference, _stderr, data_config_for, describe, get_reference, load_real
 
 EVAL_FILE = "eval.json"
 
@@ -80,20 +81,14 @@ def progress(chunks: range, total: int, batch_size: int, desc: str):
             bar.update(min(batch_size, total - i))
 
 
-BINARIZE_SEED = 0
-
-
-def scored_images(family, data_cfg: DataConfig, split: str, n: int) -> tuple[Tensor, dict]:
+def scored_images(data_cfg: DataConfig, split: str, n: int) -> tuple[Tensor, dict]:
     """Real `split` images (uint8, as `train_step` gets them) for likelihood / reconstruction scores.
 
-    Binarized models are scored on ONE fixed, seeded Bernoulli draw of the real images (the usual
-    protocol for dynamically binarized MNIST), so every evaluation sees the same bits."""
+    For binarized data `load_real` already returns ONE fixed, seeded Bernoulli draw of the real images
+    (the usual protocol for dynamically binarized MNIST), so every evaluation sees the same bits; the
+    record names that draw."""
     images, info = load_real(data_cfg, split, n)
-    if not getattr(family, "info", info).binarized:
-        return images, {}
-    gen = torch.Generator().manual_seed(BINARIZE_SEED)
-    images = (torch.bernoulli(images.float() / 255, generator=gen) * 255).to(torch.uint8)
-    return images, {"nll_binarization": f"bernoulli(x/255), fixed seed {BINARIZE_SEED}"}
+    return images, ({"nll_binarization": BINARIZATION} if info.binarized else {})
 
 
 def likelihood(family, images: Tensor, batch_size: int) -> dict[str, float]:
@@ -113,7 +108,7 @@ def likelihood(family, images: Tensor, batch_size: int) -> dict[str, float]:
                           f"({(~torch.isfinite(logp)).sum().item()} non-finite)")
     nll = -logp.mean().item()
     dims = math.prod(images.shape[1:])
-    return {"nll_nats": nll, "bits_per_dim": nll / (dims * math.log(2)), "n_nll": len(images)}
+    return {"nll_nats": nll, "bits_per_dim": bits_per_dim(nll, dims), "n_nll": len(images)}
 
 
 def reconstruction(family, images: Tensor, batch_size: int) -> dict[str, float]:
@@ -158,7 +153,7 @@ def evaluate(run, n: int = 10000, metrics: str | Sequence[str] = ALL_METRICS, fe
                                       reference, data_cfg, log, seconds))
     if scores_test:
         t0 = time.perf_counter()
-        images, protocol = scored_images(run.family, data_cfg, ref, n if n_test is None else n_test)
+        images, protocol = scored_images(data_cfg, ref, n if n_test is None else n_test)
         if hasattr(run.family, "log_likelihood"):
             record["metrics"].update(likelihood(run.family, images, batch_size))
         if hasattr(run.family, "reconstruct"):

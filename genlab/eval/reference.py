@@ -65,6 +65,10 @@ def _safe(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")[:80]
 
 
+# How load_real binarizes (with its default seed 0): one Bernoulli(x / 255) draw per pixel.
+BINARIZATION = "bernoulli(x/255), drawn once per pixel from a generator seeded 1 (subset seed + 1)"
+
+
 def load_real(data_cfg: DataConfig, split: str, n: int | None, seed: int = 0) -> tuple[Tensor, "object"]:
     """The uint8 images of a seeded subset of `split` (all of it when n is None or >= its size)."""
     from ..data import load_dataset

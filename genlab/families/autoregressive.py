@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..config import ConfigError, OptimConfig
 from ..registry import RegistryError, get, register
-from .base import eval_mode, make_optimizer
+from .base import bits_per_dim, eval_mode, make_optimizer
 
 
 @dataclass
@@ -51,8 +51,6 @@ class AutoregressiveFamily:
     Options = AutoregressiveOptions
 
     def __init__(self, cfg, info, device: torch.device):
-        if info.kind != "image":
-            raise ConfigError("the autoregressive family models images; use a GAN for 2-D points")
         o: AutoregressiveOptions = cfg.options
         self.opts, self.info, self.device = o, info, device
         self.values = n_values(info)
@@ -85,7 +83,7 @@ class AutoregressiveFamily:
         if self.opts.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.opts.grad_clip)
         self.opt.step()
-        return {"nll_nats": nats.item(), "bits_per_dim": nats.item() / (self.dims * math.log(2))}
+        return {"nll_nats": nats.item(), "bits_per_dim": bits_per_dim(nats.item(), self.dims)}
 
     @torch.no_grad()
     def log_likelihood(self, x_uint8: Tensor, y: Tensor | None = None) -> Tensor:

@@ -16,13 +16,15 @@ seed gives the same samples on every device.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from .. import registry
-from ..config import OptimConfig, RunConfig
+from ..config import ConfigError, OptimConfig, RunConfig
 
 
 class Family(Protocol):
@@ -39,7 +41,16 @@ class Family(Protocol):
 
 def build_family(cfg: RunConfig, info: Any, device: torch.device) -> Family:
     cls = registry.get("family", cfg.family)
+    # Families declare `supports_points = False` on their Options; the check lives here, once.
+    if info.kind != "image" and not getattr(cls.Options, "supports_points", True):
+        raise ConfigError(f"the {cfg.family} family models images; {info.name!r} is {info.kind} data "
+                          f"(2-D points need a GAN)")
     return cls(cfg, info, device)
+
+
+def bits_per_dim(nll_nats: float | Tensor, dims: int) -> float | Tensor:
+    """Nats per example -> bits per dimension (the unit the likelihood papers report)."""
+    return nll_nats / (dims * math.log(2))
 
 
 def make_optimizer(params, opt: OptimConfig) -> torch.optim.Optimizer:

@@ -29,10 +29,9 @@ import torch
 from torch import Tensor
 
 from ..config import ConfigError, OptimConfig
-from ..nets.flow_models import standard_normal_logpdf
 from ..nets.flows import Preprocess
 from ..registry import RegistryError, get, register
-from .base import eval_mode, in_batches, make_optimizer, randn
+from .base import bits_per_dim, eval_mode, in_batches, make_optimizer, randn
 
 NLL_NOISE_SEED = 0  # log_likelihood draws its dequantisation noise from this seed: repeatable evals
 
@@ -66,17 +65,11 @@ def discretization_nats(dims: int, n_bits: int) -> float:
     return dims * n_bits * math.log(2)
 
 
-def bits_per_dim(nll_nats: float | Tensor, dims: int) -> float | Tensor:
-    return nll_nats / (dims * math.log(2))
-
-
 @register("family", "flow")
 class FlowFamily:
     Options = FlowOptions
 
     def __init__(self, cfg, info, device: torch.device):
-        if info.kind != "image":
-            raise ConfigError("the flow family models images; use a GAN for 2-D points")
         o: FlowOptions = cfg.options
         if not 1 <= o.n_bits <= 8:
             raise ConfigError(f"flow.n_bits must be in 1..8, got {o.n_bits}")

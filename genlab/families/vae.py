@@ -30,7 +30,7 @@ from torch import Tensor
 from ..config import ConfigError, OptimConfig
 from ..nets.vae import OBSERVATION_MODELS, VAEDecoder, VAEEncoder
 from ..registry import register
-from .base import eval_mode, in_batches, make_optimizer, randn
+from .base import bits_per_dim, eval_mode, in_batches, make_optimizer, randn
 
 
 @dataclass
@@ -64,8 +64,6 @@ class VAEFamily:
     Options = VAEOptions
 
     def __init__(self, cfg, info, device: torch.device):
-        if info.kind != "image":
-            raise ConfigError("the vae family models images; use a GAN for 2-D points")
         o: VAEOptions = cfg.options
         name = o.decoder if o.decoder != "auto" else ("bernoulli" if info.binarized else "logistic")
         if name not in OBSERVATION_MODELS:
@@ -122,7 +120,7 @@ class VAEFamily:
             torch.nn.utils.clip_grad_norm_(self.ema_module.parameters(), self.opts.grad_clip)
         self.opt.step()
         bound = (rec + kl).item()
-        return {"nll_bound_nats": bound, "bits_per_dim": bound / (self.dims * math.log(2)),
+        return {"nll_bound_nats": bound, "bits_per_dim": bits_per_dim(bound, self.dims),
                 "recon_nats": rec.item(), "kl_nats": kl.item(), "beta": beta}
 
     # ------------------------------------------------------------------ likelihood

@@ -36,7 +36,7 @@ from ..config import ConfigError, OptimConfig
 from ..nets.quantizer import VectorQuantizer, perplexity
 from ..nets.vae import VQDecoder, VQEncoder
 from ..registry import RegistryError, get, register
-from .base import eval_mode, in_batches, make_optimizer
+from .base import bits_per_dim, eval_mode, in_batches, make_optimizer
 from .vae import load_test_images
 
 
@@ -71,8 +71,6 @@ class VQVAEFamily:
     Options = VQVAEOptions
 
     def __init__(self, cfg, info, device: torch.device):
-        if info.kind != "image":
-            raise ConfigError("the vqvae family models images; use a GAN for 2-D points")
         o: VQVAEOptions = cfg.options
         recon = o.recon if o.recon != "auto" else ("bernoulli" if info.binarized else "mse")
         if recon not in ("mse", "bernoulli"):
@@ -235,8 +233,6 @@ class PriorFamily:
     Options = PriorOptions
 
     def __init__(self, cfg, info, device: torch.device):
-        if info.kind != "image":
-            raise ConfigError("the prior family models VQ-VAE code maps of images")
         o: PriorOptions = cfg.options
         self.opts, self.info, self.device = o, info, device
         self.vq = load_vqvae(o, cfg, info, device)
@@ -264,7 +260,7 @@ class PriorFamily:
         if self.opts.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.opts.grad_clip)
         self.opt.step()
-        return {"nll_nats": nats.item(), "bits_per_code": nats.item() / (codes[0].numel() * math.log(2))}
+        return {"nll_nats": nats.item(), "bits_per_code": bits_per_dim(nats.item(), codes[0].numel())}
 
     @torch.no_grad()
     def sample_codes(self, n: int, generator: torch.Generator | None = None) -> Tensor:

@@ -82,6 +82,21 @@ class InputEmbedding(nn.Module):
         return x * 2 - 1
 
 
+class LogitsHead(nn.Sequential):
+    """ReLU -> masked 1x1 -> ReLU -> masked 1x1 to (B, colours, n_values, H, W) logits; shared by both
+    nets (a Sequential, so its parameters keep the names head.1 / head.3 in checkpoints)."""
+
+    def __init__(self, width: int, colours: int, n_values: int):
+        super().__init__(nn.ReLU(), square_masked(width, width, 1, "B", colours), nn.ReLU(),
+                         square_masked(width, colours * n_values, 1, "B", colours))
+        self.colours, self.n_values = colours, n_values
+
+    def forward(self, h: Tensor) -> Tensor:
+        out = super().forward(h)
+        b, _, hh, ww = out.shape
+        return out.view(b, self.colours, self.n_values, hh, ww)
+
+
 @register("net", "pixelcnn")
 class PixelCNN(nn.Module):
     def __init__(self, colours: int = 1, n_values: int = 256, width: int = 64, layers: int = 7,
@@ -92,8 +107,7 @@ class PixelCNN(nn.Module):
         cin = self.inp.channels
         self.first = square_masked(cin, width, first_kernel, "A", colours)
         self.blocks = nn.ModuleList(square_masked(width, width, 3, "B", colours) for _ in range(layers))
-        self.head = nn.Sequential(nn.ReLU(), square_masked(width, width, 1, "B", colours), nn.ReLU(),
-                                  square_masked(width, colours * n_values, 1, "B", colours))
+        self.head = LogitsHead(width, colours, n_values)
         self.cond = nn.Embedding(num_classes, width) if num_classes else None
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -101,9 +115,7 @@ class PixelCNN(nn.Module):
         bias = self.cond(y)[:, :, None, None] if self.cond is not None and y is not None else 0
         for block in self.blocks:
             h = h + block(F.relu(h)) + bias
-        out = self.head(h)
-        b, _, hh, ww = out.shape
-        return out.view(b, self.colours, self.n_values, hh, ww)
+        return self.head(h)
 
 
 class GatedLayer(nn.Module):
@@ -155,13 +167,10 @@ class GatedPixelCNN(nn.Module):
         self.layers = nn.ModuleList(
             GatedLayer(cin if i == 0 else width, width, first_kernel if i == 0 else 3, colours, i == 0, num_classes)
             for i in range(layers))
-        self.head = nn.Sequential(nn.ReLU(), square_masked(width, width, 1, "B", colours), nn.ReLU(),
-                                  square_masked(width, colours * n_values, 1, "B", colours))
+        self.head = LogitsHead(width, colours, n_values)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         v = h = self.inp(x)
         for layer in self.layers:
             v, h = layer(v, h, y)
-        out = self.head(h)
-        b, _, hh, ww = out.shape
-        return out.view(b, self.colours, self.n_values, hh, ww)
+        return self.head(h)
