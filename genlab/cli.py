@@ -19,15 +19,39 @@ LIST_KINDS = {"models": "model", "datasets": "dataset", "families": "family", "l
 
 
 def user_errors(fn):
-    """Turn the library's user-facing errors into a one-line message and exit code 2."""
+    """Turn the library's user-facing errors into a one-line message and exit code 2 (Ctrl-C: 130).
+    Under torchrun the message names the rank, and the command leaves the process group at the end."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from . import parallel
+
         try:
             return fn(*args, **kwargs)
         except (GenlabError, registry.RegistryError) as e:
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            typer.secho(f"error: {parallel.world().tag()}{e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.secho(f"error: {parallel.world().tag()}interrupted; files already written are intact "
+                        f"(checkpoints are replaced atomically)", fg=typer.colors.RED, err=True)
+            raise typer.Exit(130) from None
+        finally:
+            parallel.world_shutdown()
+
+    return wrapper
+
+
+def single_process(fn):
+    """For commands that are not data-parallel: launched under torchrun, rank 0 does the work and the
+    other ranks return at once (instead of all writing the same files)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .parallel.world import from_env
+
+        if from_env().rank != 0:
+            return None
+        return fn(*args, **kwargs)
 
     return wrapper
 
@@ -77,13 +101,16 @@ def train(
     if dry_run:
         typer.echo(C.dump(cfg), nl=False)
         return
+    from . import parallel
     from .train import Trainer, default_run_dir
 
-    run_dir = resume if resume is not None else default_run_dir(cfg)
-    if resume is None and (run_dir / "checkpoints" / "last.pt").exists():
+    parallel.setup(cfg.device)  # under torchrun: join the other ranks before naming the run
+    run_dir = resume if resume is not None else parallel.broadcast_object(default_run_dir(cfg))
+    if resume is None and parallel.on_main((run_dir / "checkpoints" / "last.pt").exists):
         raise C.ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --name")
     result = Trainer(cfg, run_dir, resume=resume is not None, show_progress=progress).run()
-    typer.echo(f"finished step {result['step']} in {result['wall_time']:.0f}s -> {result['run_dir']}")
+    if parallel.is_main():
+        typer.echo(f"finished step {result['step']} in {result['wall_time']:.0f}s -> {result['run_dir']}")
 
 
 def _resume_config(model: str, run_dir: Path, config: Optional[Path], layer: dict, sets: List[str]):
@@ -101,6 +128,7 @@ def _resume_config(model: str, run_dir: Path, config: Optional[Path], layer: dic
 
 @app.command()
 @user_errors
+@single_process
 def sample(
     run_dir: Path = typer.Argument(..., help="A run directory written by `genlab train`."),
     n: int = typer.Option(64, "-n", "--n", help="Number of samples (grid cells)."),
@@ -154,6 +182,7 @@ def sample(
 
 @app.command("list")
 @user_errors
+@single_process
 def list_(what: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(LIST_KINDS)} (default: all).")):
     """List registered models, datasets, losses, regularizers, nets, families, feature extractors."""
     kinds = LIST_KINDS if what is None else {what: LIST_KINDS.get(what)}

@@ -6,13 +6,14 @@ from typing import List, Optional
 
 import typer
 
-from .cli import app, user_errors
+from .cli import app, single_process, user_errors
 
 _SUFFIX_FORMAT = {".html": "html", ".htm": "html", ".md": "md", ".markdown": "md", ".csv": "csv", ".json": "json"}
 
 
 @app.command()
 @user_errors
+@single_process
 def compare(
     run_dirs: List[str] = typer.Argument(..., help="Run directories, glob patterns (quoted: 'runs/gan-*') "
                                                    "or parents of runs (e.g. runs)."),

@@ -6,11 +6,12 @@ from typing import Optional
 
 import typer
 
-from .cli import app, user_errors
+from .cli import app, single_process, user_errors
 
 
 @app.command()
 @user_errors
+@single_process
 def diagnose(
     run_dir: Path = typer.Argument(..., help="A run directory written by `genlab train`."),
     n: Optional[int] = typer.Option(None, "-n", "--n", help="Generated samples (default: the published protocol's: "

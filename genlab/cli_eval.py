@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .cli import app, user_errors
+from .cli import app, single_process, user_errors
 from .errors import GenlabError
 
 evaluator_app = typer.Typer(no_args_is_help=True, help="genlab's own evaluator networks (feature extractors).")
@@ -44,9 +44,10 @@ def eval_(
     as_json: bool = typer.Option(False, "--json", help="Print the full record as JSON instead of a table."),
 ):
     """Measure sample quality (FID, KID, IS, precision/recall, density/coverage) from one feature pass."""
+    from . import parallel
     from .eval.evaluate import append_record, evaluate, format_table, log_tensorboard
     from .eval.evaluate import real_vs_real as floor
-    from .train import select_device
+    from .parallel import device_for as select_device
 
     if (run_dir is None) == (real_vs_real is None):
         raise GenlabError("give either RUN_DIR or --real-vs-real DATASET (not both)")
@@ -73,6 +74,8 @@ def eval_(
                 if key in record["metrics"]:
                     head += f"; {record['metrics'][key]} {ref} images for NLL / reconstruction"
                     break
+    if not parallel.is_main():  # under torchrun every rank holds the record; rank 0 reports it
+        return
     if as_json:
         typer.echo(json.dumps(record, indent=2))
     else:
@@ -89,6 +92,7 @@ def eval_(
 
 @app.command()
 @user_errors
+@single_process
 def ref(
     dataset: str = typer.Argument(..., help="Dataset name (see `genlab list datasets`), or folder:PATH."),
     split: str = typer.Option("test", help="train | test."),
@@ -105,7 +109,7 @@ def ref(
     from .config import DataConfig
     from .eval.features import get_extractor, resolve_extractor
     from .eval.reference import get_reference, load_real
-    from .train import select_device
+    from .parallel import device_for as select_device
 
     data_cfg = DataConfig(name=dataset, root=str(data_root) if data_root else "", resolution=resolution,
                           channels=channels)
@@ -119,6 +123,7 @@ def ref(
 
 @evaluator_app.command("train")
 @user_errors
+@single_process
 def evaluator_train(
     dataset: str = typer.Argument(..., help="A labelled image dataset, e.g. mnist, fashion-mnist, cifar10."),
     epochs: int = typer.Option(5, help="Passes over the training split."),

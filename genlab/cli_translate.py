@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 import typer
 
-from .cli import app, user_errors
+from .cli import app, single_process, user_errors
 from .errors import GenlabError
 
 
@@ -37,6 +37,7 @@ def _inputs(run, direction: str, source: Optional[str], n: int) -> tuple[torch.T
 
 @app.command()
 @user_errors
+@single_process
 def translate(
     run_dir: Path = typer.Argument(..., help="A run directory of a translation model (e.g. cyclegan)."),
     direction: str = typer.Option(..., "--direction", "-d", help="AtoB or BtoA."),

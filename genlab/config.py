@@ -27,11 +27,37 @@ class ConfigError(GenlabError, ValueError):
     """A bad config key or value; the message is one line meant for the user."""
 
 
+def option(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+           choices: tuple | None = None, aliases: tuple = ()) -> Any:
+    """A dataclass field that declares what it accepts, checked where the config is built:
+    `choices` (allowed values) and `aliases` ((given, meaning) pairs, e.g. YAML's `off` -> False -> "off";
+    matched by type and value, so True never stands for 1)."""
+    meta = {"choices": choices, "aliases": tuple(aliases)}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _declared(f: dataclasses.Field, value: Any, path: str) -> Any:
+    """Apply a field's declared aliases before type checking (see `option`)."""
+    for given, meaning in f.metadata.get("aliases", ()):
+        if type(value) is type(given) and value == given:
+            return meaning
+    return value
+
+
+def _check_declared(f: dataclasses.Field, value: Any, path: str) -> None:
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{path} = {value!r} is not allowed (choose from: {', '.join(map(str, choices))})")
+
+
 @dataclass
 class OptimConfig:
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 0.0
+    eps: float = 1e-8  # Adam's epsilon
 
 
 @dataclass
@@ -49,14 +75,19 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     steps: int = 5000
-    batch_size: int = 64
+    batch_size: int = 64  # the GLOBAL batch: under torchrun each rank takes batch_size / world_size rows
     log_every: int = 50
     sample_every: int = 500
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3  # periodic step-N.pt files kept; last.pt is always kept
     grid_size: int = 64  # samples in each periodic grid (fixed noise)
     ema_decay: float = 0.0  # 0 disables; e.g. 0.999 keeps an EMA of the sampling weights
-    amp: bool = False  # bf16 autocast on CUDA (ignored on CPU)
+    # mixed precision of the training step: off | bf16 | fp16 (fp16 with a GradScaler). bf16 runs on
+    # CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX); `false` / `true` from older configs mean off / bf16
+    amp: str = option("off", choices=("off", "bf16", "fp16"), aliases=((False, "off"), (True, "bf16")))
+    compile: bool = False  # torch.compile the nets a training step calls (inductor; CPU needs a C compiler)
+    channels_last: bool = False  # conv nets and image batches in channels_last memory format
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     threads: int = 0  # torch intra-op threads on CPU; 0 -> all cores
 
 
@@ -135,10 +166,11 @@ def build(layers: list[dict]) -> RunConfig:
 
 
 def _schema(cls: type, family: str | None = None, opts_cls: type | None = None) -> dict:
+    """{key: (type, dataclasses.Field | None)} of a config section."""
     hints = typing.get_type_hints(cls)
-    out = {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name != "options"}
+    out = {f.name: (hints[f.name], f) for f in dataclasses.fields(cls) if f.name != "options"}
     if family is not None:
-        out[family] = opts_cls
+        out[family] = (opts_cls, None)
     return out
 
 
@@ -149,7 +181,9 @@ def _merge(base: dict, layer: dict, schema: dict, path: str) -> None:
         if key not in schema:
             valid = ", ".join(sorted(schema))
             raise ConfigError(f"unknown config key '{path}{key}' (valid keys here: {valid})")
-        typ = schema[key]
+        typ, f = schema[key]
+        if f is not None:
+            value = _declared(f, value, f"{path}{key}")
         if dataclasses.is_dataclass(typ):
             _merge(base.setdefault(key, {}), value, _schema(typ), f"{path}{key}.")
         elif isinstance(base.get(key), dict) and isinstance(value, dict):
@@ -168,7 +202,11 @@ def _build_dataclass(cls: type, values: dict, path: str) -> Any:
             continue
         typ, v = hints[f.name], values[f.name]
         sub = f"{path}.{f.name}" if path else f.name
-        kwargs[f.name] = _build_dataclass(typ, v, sub) if dataclasses.is_dataclass(typ) else _coerce(v, typ, sub)
+        if dataclasses.is_dataclass(typ):
+            kwargs[f.name] = _build_dataclass(typ, v, sub)
+        else:
+            kwargs[f.name] = _coerce(_declared(f, v, sub), typ, sub)
+            _check_declared(f, kwargs[f.name], sub)
     return cls(**kwargs)
 
 
@@ -304,7 +342,7 @@ def dump(cfg: RunConfig) -> str:
 # Keys that older genlab versions wrote into run configs and no longer accept. Saved configs (a run's
 # config.yaml, a checkpoint's config) drop them so old runs still load; user-written configs that
 # use them still get the unknown-key error.
-RETIRED_KEYS = {("train", "compile")}
+RETIRED_KEYS: set[tuple[str, str]] = set()
 
 
 def saved_layer(config: dict) -> dict:

@@ -13,7 +13,7 @@ from .data import DataInfo
 from .ema import EMA
 from .errors import RunError
 from .families.base import build_family
-from .train import select_device
+from .parallel import setup
 
 
 @dataclass
@@ -28,23 +28,25 @@ class LoadedRun:
 
     def sampling(self):
         """Context in which family.sample uses the EMA weights (when the run kept an EMA)."""
-        return self.ema.applied(self.family.ema_module) if self.ema is not None else contextlib.nullcontext()
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
 
 
-def load_run(run_dir: str | Path, which: str = "last", device: str = "auto") -> LoadedRun:
+def load_run(run_dir: str | Path, which: str = "last", device: str | torch.device = "auto") -> LoadedRun:
+    """A run's family from its checkpoint, on `device` (a --device string: under torchrun each rank's
+    own, see genlab.parallel; or a torch.device used as is)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise RunError(f"{run_dir} is not a genlab run directory (no config.yaml)")
     path = checkpoint.resolve(run_dir, which)
     ckpt = checkpoint.load(path)
     cfg = build([saved_layer(ckpt["config"])])
-    dev = select_device(device)
+    dev = device if isinstance(device, torch.device) else setup(device)
     info = DataInfo(**ckpt["data_info"])
     family = build_family(cfg, info, dev)
     family.load_state_dict(ckpt["family_state"])
     ema = None
     if ckpt.get("ema") is not None:
-        ema = EMA(family.ema_module, ckpt["ema"]["decay"])
+        ema = EMA(family.ema_modules, ckpt["ema"]["decay"])
         ema.load_state_dict(ckpt["ema"], dev)
     return LoadedRun(run_dir, cfg, family, info, ckpt["step"], which, ema)
 

@@ -5,6 +5,14 @@ guards against divergence, keeps an EMA, logs, writes sample grids with fixed no
 periodic hooks (evaluation, diagnostics), and writes checkpoints atomically. Resume restores
 every RNG, the data sampler position, optimizer state, EMA and the step counter, so that a run
 of 2N steps equals a run of N steps resumed for N more.
+
+It keeps a GPU busy: losses stay device tensors, summed over the log window (`LossWindow`) and read
+back only every `train.log_every` steps -- or before anything is saved, so a NaN at step s stops the
+run at the first log or checkpoint step >= s and never reaches a checkpoint.
+
+Under torchrun (see genlab.parallel) every rank runs this loop on its rows of each global batch;
+rank 0 alone writes the run directory, the others wait at barriers; logged losses are means over
+ranks, so they read the same at any world size.
 """
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ import contextlib
 import dataclasses
 import math
 import random
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -20,25 +29,18 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, parallel
 from .config import RunConfig, dump
-from .data import load_dataset, make_sampler
+from .data import Shard, load_dataset, make_sampler
 from .ema import EMA
 from .errors import RunError, TrainingDiverged
 from .families.base import build_family
 from .logger import RunLogger
+from .parallel.modules import to_channels_last
 from .report.hparams import log_hparams
 from .report.plots import samples_to_tensorboard, save_samples
 
 GRID_SEED_OFFSET = 1_000_003  # fixed noise for grids, independent of the training RNG
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError("--device cuda was asked for but CUDA is not available on this machine")
-    return torch.device(name)
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -58,10 +60,69 @@ class Hook:
     fn: Callable[["Trainer", int], dict]
 
 
+class LossWindow:
+    """Losses of the steps since the last log, summed on the device; read back only when asked."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.sums, self.steps, self.first = device, {}, 0, None
+
+    def add(self, step: int, losses: dict) -> None:
+        for k, v in losses.items():
+            v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+            v = v.to(self.device).reshape(())
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.steps += 1
+        self.first = step if self.first is None else self.first
+
+    def _global(self) -> dict[str, float]:
+        """Sums over the window and over ranks, as floats: the one host read-back."""
+        keys = sorted(self.sums)
+        if not keys:
+            return {}
+        stacked = parallel.all_reduce_sum(torch.stack([self.sums[k] for k in keys]))
+        return dict(zip(keys, stacked.tolist()))
+
+    def read(self, step: int, ckpt_dir: Path) -> dict[str, float]:
+        """Means over the window's steps and over ranks (checked first); the window starts afresh."""
+        means = self._means(self._global())
+        self._check(step, ckpt_dir, means)
+        self.sums, self.steps, self.first = {}, 0, None
+        return means
+
+    def check(self, step: int, ckpt_dir: Path) -> None:
+        """Raise TrainingDiverged if any loss of the window so far is not finite (the window is kept)."""
+        self._check(step, ckpt_dir, self._means(self._global()))
+
+    def _means(self, sums: dict[str, float]) -> dict[str, float]:
+        denom = max(self.steps, 1) * parallel.world().size
+        return {k: v / denom for k, v in sums.items()}
+
+    def _check(self, step: int, ckpt_dir: Path, means: dict[str, float]) -> None:
+        bad = [(k, v) for k, v in means.items() if not math.isfinite(v)]
+        if not bad:
+            return
+        first = self.first if self.first is not None else step
+        last = ckpt_dir / "last.pt"
+        kept = f"the last good checkpoint {last} is intact" if last.exists() else "no checkpoint was written yet"
+        where = f"at step {step}" if first == step else f"between steps {first} and {step}"
+        name, value = bad[0]
+        raise TrainingDiverged(f"training diverged {where}: loss {name} = {value}; stopped, {kept}. "
+                               f"Try a lower learning rate or gradient clipping.")
+
+
+def autocast(device: torch.device, amp: str):
+    """The training step's mixed-precision context (train.amp)."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False, show_progress: bool = True):
-        self.cfg, self.run_dir, self.show_progress = cfg, Path(run_dir), show_progress
-        self.device = select_device(cfg.device)
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.device = parallel.setup(cfg.device)
+        self.world = parallel.world()
+        self.show_progress = show_progress and self.world.main
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         _seed_everything(cfg.seed)
@@ -70,15 +131,19 @@ class Trainer:
         if self.info is None:  # streaming: the sampler knows the shape without decoding everything
             self.info = make_sampler(cfg.data, None, 1, cfg.seed).info
         self.family = build_family(cfg, self.info, self.device)
-        per_step = getattr(self.family, "batches_per_step", 1)
-        self.sampler = make_sampler(cfg.data, self.data, cfg.train.batch_size * per_step, cfg.seed, self.device)
-        self.ema = EMA(self.family.ema_module, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        per_step = self.family.batches_per_step
+        shard = Shard(self.world.rank, self.world.size, per_step)
+        self.sampler = make_sampler(cfg.data, self.data, cfg.train.batch_size * per_step, cfg.seed, self.device,
+                                    shard=shard)
+        self.ema = EMA(self.family.ema_modules, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         self.step, self.wall_time, self.best = 0, 0.0, {}
         self.hooks: list[Hook] = _build_hooks(cfg)
         self.ckpt_dir = self.run_dir / "checkpoints"
         if resume:
-            self._restore(checkpoint.load(self.ckpt_dir / "last.pt", model=cfg.model))
-        self.logger = RunLogger(self.run_dir)
+            path = self.ckpt_dir / "last.pt"
+            self._restore(parallel.on_main(checkpoint.load, path, cfg.model))
+        self.logger = RunLogger(self.run_dir, enabled=self.world.main)
+        self.window = LossWindow(self.device)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
@@ -86,10 +151,12 @@ class Trainer:
         if self.step >= cfg.steps:
             raise RunError(f"{self.run_dir} already finished {self.step} steps (train.steps = {cfg.steps}); "
                            f"pass a larger --steps to continue training")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(dump(self.cfg))
-        log_hparams(self.run_dir, self.cfg, writer=self.logger.tb)  # visible in HParams while training
-        images_per_step = cfg.batch_size * getattr(self.family, "batches_per_step", 1)
+        if self.world.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump(self.cfg))
+            log_hparams(self.run_dir, self.cfg, writer=self.logger.tb)  # visible in HParams while training
+        parallel.barrier()
+        images_per_step = cfg.batch_size * self.family.batches_per_step  # global images
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.cfg.model or self.cfg.family, unit="step",
                    dynamic_ncols=True, disable=not self.show_progress, mininterval=0.5)
         last_log, t_log = self.step, time.perf_counter()
@@ -97,56 +164,62 @@ class Trainer:
         losses: dict[str, float] = {}
         try:
             while self.step < cfg.steps:
-                losses = self._one_step(self.step + 1)
+                self._one_step(self.step + 1)
                 self.step += 1
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    now = time.perf_counter()
-                    ips = (self.step - last_log) * images_per_step / max(now - t_log, 1e-9)
-                    self.logger.scalars(self.step, {**losses, "images_per_sec": ips}, prefix="train/")
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in list(losses.items())[:4]}, refresh=False)
-                    last_log, t_log = self.step, now
+                    losses = self._log(last_log, t_log, images_per_step, bar)
+                    last_log, t_log = self.step, time.perf_counter()
                 self._periodic(self.step, t_start)
-            log_hparams(self.run_dir, self.cfg, {**losses, "wall_time": self.wall_time}, step=self.step,
-                        writer=self.logger.tb)
+            if self.world.main:
+                log_hparams(self.run_dir, self.cfg, {**losses, "wall_time": self.wall_time}, step=self.step,
+                            writer=self.logger.tb)
+        except RuntimeError as e:
+            if self.world.distributed and _is_comm_error(e):
+                raise parallel.DistributedError(f"lost contact with another rank at step {self.step} "
+                                                f"({str(e).strip().splitlines()[0][:200]})") from None
+            raise
         finally:
             bar.close()
             self.logger.close()
+        parallel.barrier()
         return {"step": self.step, "run_dir": str(self.run_dir), "wall_time": self.wall_time, **losses}
 
-    def _one_step(self, step: int) -> dict[str, float]:
-        batch = self.sampler.next()
-        amp = self.cfg.train.amp and self.device.type == "cuda"
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-        with ctx:
-            losses = self.family.train_step(batch, step)
-        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
-        if bad:
-            last = self.ckpt_dir / "last.pt"
-            kept = f"the last good checkpoint {last} is intact" if last.exists() else "no checkpoint was written yet"
-            name, value = next(iter(bad.items()))
-            raise TrainingDiverged(f"training diverged at step {step}: loss {name} = {value}; stopped, {kept}. "
-                                   f"Try a lower learning rate or gradient clipping.")
+    def _one_step(self, step: int) -> None:
+        x, y = self.sampler.next()
+        if self.cfg.train.channels_last:
+            x = to_channels_last(x)
+        with autocast(self.device, self.cfg.train.amp):
+            losses = self.family.train_step((x, y), step)
+        self.window.add(step, losses)
         if self.ema is not None:
-            self.ema.update(self.family.ema_module)
+            self.ema.update()
+
+    def _log(self, last_log: int, t_log: float, images_per_step: int, bar) -> dict[str, float]:
+        losses = self.window.read(self.step, self.ckpt_dir)
+        ips = (self.step - last_log) * images_per_step / max(time.perf_counter() - t_log, 1e-9)
+        self.logger.scalars(self.step, {**losses, "images_per_sec": ips}, prefix="train/")
+        bar.set_postfix({k: f"{v:.3g}" for k, v in list(losses.items())[:4]}, refresh=False)
         return losses
 
     def _periodic(self, step: int, t_start: float) -> None:
         cfg = self.cfg.train
         final = step == cfg.steps
-        if step % cfg.sample_every == 0 or final:
+        if self.world.main and (step % cfg.sample_every == 0 or final):
             self.write_grid(step)
         for hook in self.hooks:
             if step % hook.every == 0 or (final and hook.every > 0):
-                metrics = hook.fn(self, step)
+                metrics = parallel.broadcast_object(hook.fn(self, step))
                 self.logger.scalars(step, metrics, prefix=f"{hook.name}/")
                 self._maybe_best(metrics)
         if step % cfg.checkpoint_every == 0 or final:
+            self.window.check(step, self.ckpt_dir)  # never save a diverged state
             self.wall_time = self._wall_before + time.perf_counter() - t_start
             self.save("last")
             if step % cfg.checkpoint_every == 0:
                 self.save(f"step-{step}")
-                checkpoint.prune(self.ckpt_dir, cfg.keep_checkpoints)
+                if self.world.main:
+                    checkpoint.prune(self.ckpt_dir, cfg.keep_checkpoints)
 
     def _maybe_best(self, metrics: dict) -> None:
         """Keep best.pt by FID (lower is better) when a hook reports one."""
@@ -157,7 +230,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ sampling
     def sampling_context(self):
-        return self.ema.applied(self.family.ema_module) if self.ema is not None else contextlib.nullcontext()
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
 
     def write_grid(self, step: int) -> Path:
         gen = torch.Generator().manual_seed(self.cfg.seed + GRID_SEED_OFFSET)
@@ -169,24 +242,61 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, tag: str) -> None:
-        state = {
-            "format": checkpoint.FORMAT, "version": checkpoint.VERSION,
-            "model": self.cfg.model, "family": self.cfg.family, "step": self.step,
-            "config": self.cfg.to_dict(), "data_info": info_to_dict(self.info),
-            "family_state": self.family.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": _rng_state(), "sampler": self.sampler.state_dict(),
-            "wall_time": self.wall_time, "best": self.best,
-        }
-        checkpoint.save_atomic(state, self.ckpt_dir / f"{tag}.pt")
+        """Every rank takes part (per-rank state is gathered); rank 0 writes, the others wait."""
+        family_state = self.family.state_dict()
+        local = {k: family_state[k] for k in self.family.rank_local_state}
+        rank_states = parallel.all_gather_objects(_to_cpu(local)) if local else None
+        if self.world.main:
+            state = {
+                "format": checkpoint.FORMAT, "version": checkpoint.VERSION,
+                "model": self.cfg.model, "family": self.cfg.family, "step": self.step,
+                "config": self.cfg.to_dict(), "data_info": info_to_dict(self.info),
+                "family_state": family_state,
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "rng": _rng_state(), "sampler": self.sampler.state_dict(),
+                "wall_time": self.wall_time, "best": self.best,
+                "world_size": self.world.size, "rank_states": rank_states,
+            }
+            checkpoint.save_atomic(state, self.ckpt_dir / f"{tag}.pt")
+        parallel.barrier()
 
     def _restore(self, ckpt: dict) -> None:
-        self.family.load_state_dict(ckpt["family_state"])
+        state = dict(ckpt["family_state"])
+        saved_world = int(ckpt.get("world_size", 1))
+        rank_states = ckpt.get("rank_states")
+        if saved_world != self.world.size:
+            if self.world.main:
+                differs = (f"; per-rank state ({', '.join(self.family.rank_local_state)}) restarts from rank 0's"
+                           if self.family.rank_local_state else "")
+                tqdm.write(f"warning: {self.run_dir} was trained on {saved_world} rank(s), resuming on "
+                           f"{self.world.size}: the global batches are the same, but the resume is not "
+                           f"bit-exact (gradient sums in another order{differs})", file=sys.stderr)
+        elif rank_states:
+            state.update(rank_states[self.world.rank])
+        self.family.load_state_dict(state)
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.load_state_dict(ckpt["ema"], self.device)
         self.sampler.load_state_dict(ckpt["sampler"])
         _set_rng_state(ckpt["rng"])
         self.step, self.wall_time, self.best = ckpt["step"], ckpt.get("wall_time", 0.0), ckpt.get("best", {})
+
+
+def _is_comm_error(e: Exception) -> bool:
+    """A collective failed because a peer died (gloo/nccl), not a bug in this rank's own code."""
+    names = {t.__name__ for t in type(e).__mro__}
+    text = str(e)
+    return bool(names & {"DistBackendError", "DistNetworkError", "DistError"}) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL error"))
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def _build_hooks(cfg: RunConfig) -> list[Hook]:

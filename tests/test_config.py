@@ -88,16 +88,27 @@ def test_exponent_floats_from_the_command_line():
     assert C.resolve("gan", sets=["gan.g_optim.lr=1e-3"]).options.g_optim.lr == 1e-3
 
 
-def test_saved_configs_drop_retired_keys_but_user_configs_do_not(tmp_path):
+def test_saved_configs_drop_retired_keys_but_user_configs_do_not(tmp_path, monkeypatch):
+    # train.compile was retired once and is back; the mechanism is shown on a made-up retired key
+    monkeypatch.setattr(C, "RETIRED_KEYS", {("train", "old_option")})
     saved = C.resolve("gan").to_dict()
-    saved["train"]["compile"] = False  # written by genlab versions that had train.compile
+    saved["train"]["old_option"] = False  # written by a genlab version that had train.old_option
     run = tmp_path / "old-run"
     run.mkdir()
     (run / "config.yaml").write_text(__import__("yaml").safe_dump(saved))
     assert C.load_run_config(run).train.steps == saved["train"]["steps"]
-    assert saved["train"]["compile"] is False  # saved_layer copies, it does not edit its input
-    with pytest.raises(C.ConfigError, match="train.compile"):
-        C.resolve("gan", sets=["train.compile=false"])
+    assert saved["train"]["old_option"] is False  # saved_layer copies, it does not edit its input
+    with pytest.raises(C.ConfigError, match="train.old_option"):
+        C.resolve("gan", sets=["train.old_option=false"])
+
+
+def test_old_boolean_amp_values_still_load():
+    # runs written before train.amp took off | bf16 | fp16 saved `amp: false`; YAML also reads `off` as false
+    assert C.resolve("gan", sets=["train.amp=false"]).train.amp == "off"
+    assert C.resolve("gan", sets=["train.amp=off"]).train.amp == "off"
+    assert C.resolve("gan", sets=["train.amp=true"]).train.amp == "bf16"
+    with pytest.raises(C.ConfigError, match="train.amp = 'fp32' is not allowed"):
+        C.resolve("gan", sets=["train.amp=fp32"])
 
 
 def test_set_on_a_mapping_merges_with_the_model_file():

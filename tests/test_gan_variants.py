@@ -111,7 +111,7 @@ def test_sngan_with_resnet_nets_trains_a_step_at_32x32():
     assert cfg.options.loss == "hinge" and cfg.options.spectral_norm
     assert tuple(cfg.options.d_optim.betas) == (0.0, 0.9) and cfg.options.d_optim.lr == 2e-4
     assert type(fam.G).__name__ == "ResNetGenerator" and type(fam.D).__name__ == "ResNetDiscriminator"
-    assert all(torch.isfinite(torch.tensor(v)) for v in logs.values()) and moved
+    assert all(torch.isfinite(torch.as_tensor(v)) for v in logs.values()) and moved
     assert fam.sample(3).shape == (3, 3, 32, 32)
 
 

@@ -8,11 +8,11 @@ mnist (bundled), fashion-mnist, cifar10, svhn (torchvision), folder:PATH, ring8,
     x, y = sampler.next()                             # uint8 batch on the device
 """
 from . import folder, mnist, pairs, stacked, toy  # noqa: F401  (imported for their registrations)
-from .base import (BatchSampler, DataError, DataInfo, Dataset, available_datasets, load_dataset,
+from .base import (BatchSampler, DataError, DataInfo, Dataset, Shard, available_datasets, load_dataset,
                    make_sampler, resize_images)
 from .folder import StreamingSampler, load_image_dir
 from .toy import MIXTURE_STD, mixture_centres
 
-__all__ = ["BatchSampler", "DataError", "DataInfo", "Dataset", "MIXTURE_STD", "StreamingSampler",
+__all__ = ["BatchSampler", "DataError", "DataInfo", "Dataset", "MIXTURE_STD", "Shard", "StreamingSampler",
            "available_datasets", "load_dataset", "load_image_dir", "make_sampler", "mixture_centres",
            "resize_images"]

@@ -10,7 +10,9 @@ MNIST in 47 MB and CIFAR-10 in 150 MB, small enough to live on the GPU for the w
 binarize) here, once, so no loader carries per-dataset copies of that code.
 
 `BatchSampler` draws batches from a seeded permutation with its own torch.Generator, so the batch
-sequence depends only on (data, batch_size, seed) and its `state_dict()` resumes it exactly.
+sequence depends only on (data, batch_size, seed) and its `state_dict()` resumes it exactly. Under
+torchrun every rank walks the same permutation of GLOBAL batches and keeps its own rows of each
+(`Shard`), so the global batch sequence does not depend on the number of ranks.
 """
 from __future__ import annotations
 
@@ -142,6 +144,25 @@ def resize_images(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor
 # ---------------------------------------------------------------------------------- sampling
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This rank's rows of each global batch: `chunks` consecutive sub-batches (e.g. GAN n_critic), each
+    split into `size` contiguous blocks, block `rank` kept -- so chunk k of the local batch is this
+    rank's part of the global sub-batch k."""
+    rank: int = 0
+    size: int = 1
+    chunks: int = 1
+
+    def rows(self, batch_size: int) -> torch.Tensor | None:
+        """Indices into a global batch of `batch_size` rows (None: keep them all)."""
+        if self.size == 1:
+            return None
+        if batch_size % (self.size * self.chunks):
+            raise DataError(f"a global batch of {batch_size} rows in {self.chunks} sub-batch(es) cannot be split "
+                            f"evenly over {self.size} ranks (train.batch_size must be divisible by the world size)")
+        return torch.arange(batch_size).view(self.chunks, self.size, -1)[:, self.rank].reshape(-1)
+
+
 class BatchSampler:
     """Endless batches from an in-memory dataset held on `device`.
 
@@ -151,18 +172,20 @@ class BatchSampler:
     re-samples x as 255 * Bernoulli(x / 255) from the same generator (dynamic binarisation).
     """
 
-    def __init__(self, data: Dataset, batch_size: int, seed: int, device: torch.device | str = "cpu"):
+    def __init__(self, data: Dataset, batch_size: int, seed: int, device: torch.device | str = "cpu",
+                 shard: Shard = Shard()):
         self.info = data.info
         self.device = torch.device(device)
         self.x, self.y = data.x.to(self.device), data.y.to(self.device)
-        self._init_walk(len(data), batch_size, seed)
+        self._init_walk(len(data), batch_size, seed, shard)
 
-    def _init_walk(self, n: int, batch_size: int, seed: int) -> None:
+    def _init_walk(self, n: int, batch_size: int, seed: int, shard: Shard = Shard()) -> None:
         if batch_size <= 0:
             raise DataError(f"batch size must be positive, got {batch_size}")
         if n < batch_size:
             raise DataError(f"{self.info.name}: batch size {batch_size} is larger than the dataset ({n} examples)")
-        self.n, self.batch_size = n, batch_size
+        self.n, self.batch_size = n, batch_size  # batch_size: the GLOBAL batch
+        self.rows = shard.rows(batch_size)
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = -1
         self._new_epoch()  # draw the first permutation now: epoch 0, position 0
@@ -193,17 +216,22 @@ class BatchSampler:
         idx = idx.to(self.device)
         return self.x[idx], self.y[idx]
 
+    def _local(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a global-batch tensor."""
+        return t if self.rows is None else t[self.rows]
+
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batch (x, y) on the sampler's device."""
-        x, y = self._fetch(self._next_indices())
+        """One batch (x, y) on the sampler's device: this rank's rows of the next global batch."""
+        x, y = self._fetch(self._local(self._next_indices()))
         if self.info.binarized:
             x = self._binarize(x)
         return x, y
 
     def _binarize(self, x: torch.Tensor) -> torch.Tensor:
-        # Uniforms come from the sampler's CPU generator so resume reproduces them exactly;
-        # u < p gives 0 -> 0 and 255 -> 255 deterministically.
-        u = torch.rand(x.shape, generator=self.generator).to(x.device)
+        # Uniforms come from the sampler's CPU generator (for the global batch, then this rank's rows)
+        # so resume and any world size reproduce them exactly; u < p gives 0 -> 0 and 255 -> 255.
+        u = torch.rand((self.batch_size, *x.shape[1:]), generator=self.generator)
+        u = self._local(u).to(x.device)
         return (u * 255 < x.float()).to(torch.uint8) * 255
 
     def state_dict(self) -> dict:
@@ -222,17 +250,17 @@ class BatchSampler:
 
 def make_sampler(cfg: DataConfig, data: Dataset | None, batch_size: int, seed: int,
                  device: torch.device | str = "cpu", split: str = "train",
-                 num_workers: int | None = None) -> BatchSampler:
+                 num_workers: int | None = None, shard: Shard = Shard()) -> BatchSampler:
     """The one call the trainer needs: a `BatchSampler` over `data` (loaded from cfg if None),
     or, for `folder:` data with `cfg.streaming`, a `StreamingSampler` that decodes per batch
-    (`data` is then ignored; nothing is decoded up front)."""
+    (`data` is then ignored; nothing is decoded up front). `batch_size` is the global batch."""
     if cfg.streaming:
         base, arg = split_name(cfg.name)
         if base != "folder":
             raise DataError(f"data.streaming is only supported for folder: datasets, not {cfg.name!r}")
         from .folder import StreamingSampler  # local: folder imports this module
 
-        return StreamingSampler.from_config(cfg, split, batch_size, seed, device, num_workers)
+        return StreamingSampler.from_config(cfg, split, batch_size, seed, device, num_workers, shard)
     if data is None:
         data = load_dataset(cfg, split)
-    return BatchSampler(data, batch_size, seed, device)
+    return BatchSampler(data, batch_size, seed, device, shard)

@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..config import DataConfig
 from ..registry import register
-from .base import BatchSampler, DataError, DataInfo, Dataset, split_name
+from .base import BatchSampler, DataError, DataInfo, Dataset, Shard, split_name
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DEFAULT_RESOLUTION = 64
@@ -132,7 +132,7 @@ class StreamingSampler(BatchSampler):
     """`BatchSampler` whose batches are decoded from files on demand (same interface and state)."""
 
     def __init__(self, files: list[Path], info: DataInfo, batch_size: int, seed: int,
-                 device: torch.device | str = "cpu", num_workers: int | None = None):
+                 device: torch.device | str = "cpu", num_workers: int | None = None, shard: Shard = Shard()):
         self.info = info
         self.device = torch.device(device)
         self.files = list(files)
@@ -140,15 +140,16 @@ class StreamingSampler(BatchSampler):
         # Leave one core for the training process itself.
         self.num_workers = min(4, max((os.cpu_count() or 1) - 1, 0)) if num_workers is None else num_workers
         self._it = None
-        self._init_walk(len(self.files), batch_size, seed)
+        self._init_walk(len(self.files), batch_size, seed, shard)
 
     @classmethod
     def from_config(cls, cfg: DataConfig, split: str, batch_size: int, seed: int,
-                    device: torch.device | str = "cpu", num_workers: int | None = None) -> "StreamingSampler":
+                    device: torch.device | str = "cpu", num_workers: int | None = None,
+                    shard: Shard = Shard()) -> "StreamingSampler":
         base, arg = split_name(cfg.name)
         files, info = _folder_spec(cfg, split, arg)
         info.binarized = bool(cfg.binarize)
-        return cls(files, info, batch_size, seed, device, num_workers)
+        return cls(files, info, batch_size, seed, device, num_workers, shard)
 
     def _new_epoch(self) -> None:
         super()._new_epoch()
@@ -158,8 +159,8 @@ class StreamingSampler(BatchSampler):
         bs = self.batch_size
         if self._it is None:
             # Loader over the rest of this epoch, starting at the batch being fetched now.
-            start = self.pos - len(idx)
-            batches = [self.perm[p:p + bs].tolist() for p in range(start, self.n - bs + 1, bs)]
+            start = self.pos - bs
+            batches = [self._local(self.perm[p:p + bs]).tolist() for p in range(start, self.n - bs + 1, bs)]
             loader = torch.utils.data.DataLoader(self._images, batch_sampler=batches, num_workers=self.num_workers,
                                                  pin_memory=self.device.type == "cuda")
             self._it = iter(loader)

@@ -2,10 +2,16 @@
 
     record = evaluate(load_run(run_dir), n=10000, metrics=("fid", "kid", "is", "pr", "dc"))
 
-Samples are drawn in batches from a seeded CPU generator, pushed through the extractor at once and
-dropped: only features (n x d float32) and class probabilities are kept, so 50k samples cost
-50k x 128 floats with genlab-mnist (25 MB), not 50k images. Every metric then comes from
-`metrics.compute_all` on those features and the cached reference features of real data.
+Samples are drawn in batches, batch i from its own CPU generator seeded by (seed, i), pushed through
+the extractor at once and dropped: only features (n x d float32) and class probabilities are kept,
+so 50k samples cost 50k x 128 floats with genlab-mnist (25 MB), not 50k images. Every metric then
+comes from `metrics.compute_all` on those features and the cached reference features of real data.
+
+Under torchrun the batches are dealt out to the ranks (batch i to rank i mod world size) and the
+features gathered in batch order; since every batch has its own seed, the samples -- and so every
+metric at a given n, batch size and seed -- are the same on 1 or N ranks. Likelihood and
+reconstruction passes are sharded the same way. Rank 0 computes the metrics; every rank returns
+the record.
 
 A record is self-describing (DESIGN.md): metrics, extractor name + fingerprint, reference dataset /
 split / n_real, n_fake, seed, checkpoint, step, timestamp, genlab version. Families with
@@ -15,6 +21,7 @@ the reference split; families with `reconstruct(x)` (VAE, VQ-VAE) get its MSE pe
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -25,7 +32,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .. import __version__
+from .. import __version__, parallel
 from ..config import DataConfig
 from ..errors import GenlabError
 from ..families.base import bits_per_dim
@@ -51,6 +58,25 @@ def parse_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of batch `index` of a seeded pass: independent streams, so any rank can draw any batch."""
+    digest = hashlib.blake2b(f"genlab:{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def sharded_map(fn: Callable[[int, int, int], object], n: int, batch_size: int, desc: str) -> list:
+    """[fn(index, start, size) for every batch of n items], computed batch i on rank i mod world size
+    and gathered in batch order on every rank (in one process: simply the list)."""
+    w = parallel.world()
+    starts = list(range(0, n, batch_size))
+    mine = []
+    for i in progress(starts[w.rank::w.size], n, batch_size * w.size, desc):
+        index = i // batch_size
+        mine.append((index, fn(index, i, min(batch_size, n - i))))
+    gathered = [item for part in parallel.all_gather_objects(mine) for item in part]
+    return [payload for _, payload in sorted(gathered, key=lambda item: item[0])]
+
+
 def sample_features(sample: Callable[[int, torch.Generator], Tensor], n: int, extractor: Extractor,
                     batch_size: int, seed: int, shape: tuple, keep_probs: bool = True) -> tuple[Tensor, Tensor | None]:
     """Draw n samples in batches from `sample(k, generator)` and keep only their features / probs."""
@@ -58,27 +84,28 @@ def sample_features(sample: Callable[[int, torch.Generator], Tensor], n: int, ex
         raise GenlabError(f"--n must be at least 2, got {n}")
     if batch_size < 1:
         raise GenlabError(f"--batch-size must be positive, got {batch_size}")
-    gen = torch.Generator().manual_seed(seed)
-    feats, probs = [], []
-    for i in progress(range(0, n, batch_size), n, batch_size, "sampling"):
-        x = sample(min(batch_size, n - i), gen)
+
+    def one(index: int, start: int, size: int):
+        x = sample(size, torch.Generator().manual_seed(batch_seed(seed, index)))
         if tuple(x.shape[1:]) != tuple(shape):
             raise GenlabError(f"samples have shape {tuple(x.shape[1:])}, the data {tuple(shape)}")
         f, p = extractor.features_and_probs(x)
-        feats.append(f)
-        if keep_probs:
-            probs.append(p)
-    return torch.cat(feats), (torch.cat(probs) if keep_probs else None)
+        return f.cpu(), (p.cpu() if keep_probs else None)
+
+    parts = sharded_map(one, n, batch_size, "sampling")
+    feats = torch.cat([f for f, _ in parts])
+    return feats, (torch.cat([p for _, p in parts]) if keep_probs else None)
 
 
-def progress(chunks: range, total: int, batch_size: int, desc: str):
-    """Iterate over chunk starts with a progress bar in images (shown on a terminal only)."""
+def progress(chunks, total: int, step: int, desc: str):
+    """Iterate over chunk starts with a progress bar in images (on a terminal, on rank 0 only);
+    `step` is how many images each chunk stands for (all ranks' batches together)."""
     from tqdm.auto import tqdm
 
-    with tqdm(total=total, desc=desc, unit="img", disable=None, leave=False) as bar:
+    with tqdm(total=total, desc=desc, unit="img", disable=None if parallel.is_main() else True, leave=False) as bar:
         for i in chunks:
             yield i
-            bar.update(min(batch_size, total - i))
+            bar.update(min(step, total - i))
 
 
 def scored_images(data_cfg: DataConfig, split: str, n: int) -> tuple[Tensor, dict]:
@@ -91,18 +118,22 @@ def scored_images(data_cfg: DataConfig, split: str, n: int) -> tuple[Tensor, dic
     return images, ({"nll_binarization": BINARIZATION} if info.binarized else {})
 
 
-def likelihood(family, images: Tensor, batch_size: int) -> dict[str, float]:
+def likelihood(family, images: Tensor, batch_size: int, seed: int = 0) -> dict[str, float]:
     """NLL = -mean log p(x) (nats per image) and bits/dim = NLL / (D ln 2) on real uint8 images.
 
     `family.log_likelihood(x)` gets uint8 batches exactly as `train_step` does (the family applies its
-    own dequantisation / binarisation) and returns log p(x) in nats, one value per image."""
+    own dequantisation / binarisation) and returns log p(x) in nats, one value per image. Each batch
+    runs with the global RNG seeded by (seed, batch), so stochastic estimates (IWAE) repeat exactly,
+    on any number of ranks."""
     device = getattr(family, "device", "cpu")
-    parts = []
-    with torch.no_grad():
-        for i in progress(range(0, len(images), batch_size), len(images), batch_size, "log-likelihood"):
-            logp = family.log_likelihood(images[i:i + batch_size].to(device))
-            parts.append(torch.as_tensor(logp).double().cpu().reshape(-1))
-    logp = torch.cat(parts)
+
+    def one(index: int, start: int, size: int) -> Tensor:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(batch_seed(seed, index))
+            logp = family.log_likelihood(images[start:start + size].to(device))
+        return torch.as_tensor(logp).double().cpu().reshape(-1)
+
+    logp = torch.cat(sharded_map(one, len(images), batch_size, "log-likelihood"))
     if logp.shape[0] != len(images) or not torch.isfinite(logp).all():
         raise GenlabError(f"log_likelihood returned {logp.shape[0]} values for {len(images)} images "
                           f"({(~torch.isfinite(logp)).sum().item()} non-finite)")
@@ -114,11 +145,13 @@ def likelihood(family, images: Tensor, batch_size: int) -> dict[str, float]:
 def reconstruction(family, images: Tensor, batch_size: int) -> dict[str, float]:
     """Mean squared error per pixel, on the [0, 1] scale, of `family.reconstruct` on real images."""
     device = getattr(family, "device", "cpu")
-    se = 0.0
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size]
-            se += (family.reconstruct(x.to(device)).float().cpu() - x.float() / 255).pow(2).sum().item()
+
+    def one(index: int, start: int, size: int) -> float:
+        x = images[start:start + size]
+        with torch.no_grad():
+            return (family.reconstruct(x.to(device)).float().cpu() - x.float() / 255).pow(2).double().sum().item()
+
+    se = sum(sharded_map(one, len(images), batch_size, "reconstruction"))
     return {"recon_mse": se / images.numel(), "n_recon": len(images)}
 
 
@@ -138,7 +171,8 @@ def evaluate(run, n: int = 10000, metrics: str | Sequence[str] = ALL_METRICS, fe
     if hasattr(run.family, "translate"):
         from .cyclegan_metrics import cyclegan_metrics
 
-        return cyclegan_metrics(run, n=n, seed=seed, extractor=extractor, features=features)
+        # not sharded: rank 0 measures, the others get its record
+        return parallel.on_main(cyclegan_metrics, run, n=n, seed=seed, extractor=extractor, features=features)
     metrics = parse_metrics(metrics)
     scores_test = hasattr(run.family, "log_likelihood") or hasattr(run.family, "reconstruct")
     if not metrics and not scores_test:
@@ -155,7 +189,7 @@ def evaluate(run, n: int = 10000, metrics: str | Sequence[str] = ALL_METRICS, fe
         t0 = time.perf_counter()
         images, protocol = scored_images(data_cfg, ref, n if n_test is None else n_test)
         if hasattr(run.family, "log_likelihood"):
-            record["metrics"].update(likelihood(run.family, images, batch_size))
+            record["metrics"].update(likelihood(run.family, images, batch_size, seed))
         if hasattr(run.family, "reconstruct"):
             record["metrics"].update(reconstruction(run.family, images, batch_size))
         record.update(test_split=ref, **protocol)
@@ -171,13 +205,14 @@ def _sample_metrics(run, n, metrics, features, ref, batch_size, seed, n_boot, ex
     ext = extractor or get_extractor(name, device)
     ext.check_shape(tuple(run.info.shape))
     t0 = time.perf_counter()
-    refs = reference or get_reference(data_cfg, ref, n, ext, batch_size=batch_size, log=log)
+    refs = reference or parallel.on_main(get_reference, data_cfg, ref, n, ext, batch_size=batch_size, log=log)
     t_ref = time.perf_counter()
     with run.sampling():
         fake, probs = sample_features(run.family.sample, n, ext, batch_size, seed, run.info.shape,
                                       keep_probs="is" in metrics)
     t_feat = time.perf_counter()
-    values = compute_all(*_on(device, refs.features, fake, probs), metrics, n_boot=n_boot, seed=seed)
+    values = parallel.on_main(lambda: compute_all(*_on(device, refs.features, fake, probs), metrics,
+                                                   n_boot=n_boot, seed=seed))
     seconds.update(reference=round(t_ref - t0, 2), sample_and_features=round(t_feat - t_ref, 2),
                    metrics=round(time.perf_counter() - t_feat, 2))
     return {"metrics": values, "extractor": ext.name, "extractor_fingerprint": ext.fingerprint,

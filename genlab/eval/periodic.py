@@ -6,6 +6,9 @@ small n, so these values are only comparable with each other, not with `genlab e
 the same noise at every evaluation (a fixed seed, so the curve shows the model changing, not the
 noise), and the reference features loaded once per run (from the on-disk cache when valid).
 
+Under torchrun the sampling and feature pass are sharded over the ranks (see evaluate.py), so the
+figures do not depend on the world size.
+
 Exact resume requires that evaluation leaves no trace on training: samples come from a private CPU
 generator, the global RNGs are forked and restored anyway (in case a family's sample() draws from
 them), and every nn.Module of the family is put back in the train/eval mode it was found in.
@@ -16,6 +19,7 @@ import contextlib
 
 import torch
 
+from .. import parallel
 from ..config import RunConfig
 from .evaluate import _on, parse_metrics, sample_features
 from .features import get_extractor, resolve_extractor
@@ -53,15 +57,15 @@ def eval_hook(cfg: RunConfig):
             if not state:  # first call: pick the extractor and load the reference once per run
                 name, _ = resolve_extractor(cfg.eval.features, trainer.info)
                 state["ext"] = get_extractor(name, trainer.device)
-                state["ref"] = get_reference(data_cfg, cfg.eval.ref, cfg.eval.n, state["ext"],
-                                             batch_size=cfg.eval.batch_size)
+                state["ref"] = parallel.on_main(get_reference, data_cfg, cfg.eval.ref, cfg.eval.n, state["ext"],
+                                                batch_size=cfg.eval.batch_size)
             ext, ref = state["ext"], state["ref"]
             with trainer.sampling_context():
                 fake, probs = sample_features(trainer.family.sample, cfg.eval.n, ext, cfg.eval.batch_size,
                                               cfg.seed + EVAL_SEED_OFFSET, trainer.info.shape,
                                               keep_probs="is" in metrics)
             # KID subsets of at most n (a smaller cfg.eval.n would otherwise warn at every evaluation)
-            return compute_all(*_on(trainer.device, ref.features, fake, probs), metrics, seed=cfg.seed,
-                               kid_subset_size=min(1000, ref.n, fake.shape[0]))
+            return parallel.on_main(lambda: compute_all(*_on(trainer.device, ref.features, fake, probs), metrics,
+                                                        seed=cfg.seed, kid_subset_size=min(1000, ref.n, fake.shape[0])))
 
     return fn

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import ConfigError, OptimConfig
+from ..parallel import prepare_module
 from ..registry import RegistryError, get, register
-from .base import bits_per_dim, eval_mode, make_optimizer
+from .base import FamilyBase, Update, bits_per_dim, eval_mode
 
 
 @dataclass
@@ -47,7 +48,7 @@ def targets_to_unit(t: Tensor, values: int) -> Tensor:
 
 
 @register("family", "autoregressive")
-class AutoregressiveFamily:
+class AutoregressiveFamily(FamilyBase):
     Options = AutoregressiveOptions
 
     def __init__(self, cfg, info, device: torch.device):
@@ -59,31 +60,29 @@ class AutoregressiveFamily:
             net_cls = get("net", o.net)
         except RegistryError as e:
             raise ConfigError(str(e)) from None
-        self.net = net_cls(colours=info.shape[0], n_values=self.values, width=o.width, layers=o.layers,
-                           first_kernel=o.first_kernel, num_classes=classes).to(device)
-        self.opt = make_optimizer(self.net.parameters(), o.optim)
-        self.ema_module = self.net
+        net = net_cls(colours=info.shape[0], n_values=self.values, width=o.width, layers=o.layers,
+                      first_kernel=o.first_kernel, num_classes=classes)
+        self.net, self.net_train = prepare_module(net, cfg.train, device)
+        self.opt = Update(self.net.parameters(), o.optim, cfg.train, device, clip=o.grad_clip)
+        self.ema_modules = [self.net]
         self.dims = math.prod(info.shape)
 
     def _labels(self, y: Tensor | None) -> Tensor | None:
         return y if self.opts.class_conditional and y is not None else None
 
-    def nll(self, x_uint8: Tensor, y: Tensor | None = None) -> Tensor:
+    def nll(self, x_uint8: Tensor, y: Tensor | None = None, net: torch.nn.Module | None = None) -> Tensor:
         """Exact negative log-likelihood in nats, per image (sum over pixels and colours)."""
         t = pixel_targets(x_uint8, self.info)
-        logits = self.net(targets_to_unit(t, self.values), self._labels(y))  # (B, C, V, H, W)
-        per_pixel = F.cross_entropy(logits.transpose(1, 2), t, reduction="none")  # (B, C, H, W)
+        logits = (net or self.net)(targets_to_unit(t, self.values), self._labels(y))  # (B, C, V, H, W)
+        per_pixel = F.cross_entropy(logits.float().transpose(1, 2), t, reduction="none")  # (B, C, H, W)
         return per_pixel.flatten(1).sum(1)
 
-    def train_step(self, batch, step: int) -> dict[str, float]:
+    def train_step(self, batch, step: int) -> dict[str, Tensor]:
         x, y = batch
-        nats = self.nll(x, y).mean()
-        self.opt.zero_grad(set_to_none=True)
-        (nats / self.dims).backward()  # per-dim loss keeps the learning rate resolution-independent
-        if self.opts.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.opts.grad_clip)
-        self.opt.step()
-        return {"nll_nats": nats.item(), "bits_per_dim": bits_per_dim(nats.item(), self.dims)}
+        nats = self.nll(x, y, self.net_train).mean()
+        self.opt(nats / self.dims)  # per-dim loss keeps the learning rate resolution-independent
+        nats = nats.detach()
+        return {"nll_nats": nats, "bits_per_dim": bits_per_dim(nats, self.dims)}
 
     @torch.no_grad()
     def log_likelihood(self, x_uint8: Tensor, y: Tensor | None = None) -> Tensor:

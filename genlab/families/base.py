@@ -1,24 +1,28 @@
 """The family contract (see DESIGN.md) and the small helpers every family shares.
 
-A family owns its nets, optimizers and update schedule. The trainer only calls:
-    train_step(batch, step) -> dict[str, float]     one update; returns the losses to log
+A family owns its nets, optimizers and update schedule. The trainer and every command use only:
+    train_step(batch, step) -> dict[str, Tensor | float]   one update; losses as DETACHED DEVICE
+                            tensors (never .item(): the trainer reads them back when it logs)
     sample(n, generator=None) -> Tensor             images in [0, 1] (n, C, H, W) or points (n, 2)
     state_dict() / load_state_dict(state)
-and reads a few optional attributes:
-    Options                 the dataclass of the family's config section (required)
-    batches_per_step: int   real batches consumed per step (e.g. GAN n_critic); default 1
-    ema_module: nn.Module   the weights to average for sampling when train.ema_decay > 0
-Optional capabilities, discovered with hasattr by sample/eval/report:
-    log_likelihood(x) -> nats per example, reconstruct(x), interpolate(...), encode(x), translate(x, d)
+    device                  where its nets live
+    ema_modules             every module whose weights sampling uses (averaged when train.ema_decay > 0)
+    batches_per_step        real batches consumed per step (e.g. GAN n_critic); default 1
+    rank_local_state        state_dict entries that differ between ranks (CycleGAN's history pools):
+                            the trainer saves every rank's copy and gives each rank its own on resume
+    Options                 the dataclass of the family's config section
 
 `generator` arguments are always CPU torch.Generators: noise is drawn on the CPU and moved, so a
-seed gives the same samples on every device.
+seed gives the same samples on every device. Random draws inside `train_step` go through
+`genlab.parallel.shared_randn / shared_rand`, so a global batch gets the same noise at any world size.
+
+Nets become trainable through `genlab.parallel.prepare_module` (DDP under torchrun, channels_last,
+torch.compile), and every optimizer step goes through `Update` (fp16 loss scaling, clipping).
 """
 from __future__ import annotations
 
 import math
-
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -29,14 +33,27 @@ from ..config import ConfigError, OptimConfig, RunConfig
 
 class Family(Protocol):
     Options: type
+    device: torch.device
+    ema_modules: list[nn.Module]
+    batches_per_step: int
+    rank_local_state: tuple[str, ...]
 
-    def train_step(self, batch: tuple[Tensor, Tensor], step: int) -> dict[str, float]: ...
+    def train_step(self, batch: tuple[Tensor, Tensor], step: int) -> dict[str, Tensor | float]: ...
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor: ...
 
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+class FamilyBase:
+    """Defaults of the optional parts of the contract; families subclass it."""
+
+    batches_per_step: int = 1
+    rank_local_state: tuple[str, ...] = ()
+    device: torch.device
+    ema_modules: list[nn.Module]
 
 
 def build_family(cfg: RunConfig, info: Any, device: torch.device) -> Family:
@@ -53,8 +70,75 @@ def bits_per_dim(nll_nats: float | Tensor, dims: int) -> float | Tensor:
     return nll_nats / (dims * math.log(2))
 
 
-def make_optimizer(params, opt: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
+def make_optimizer(params, opt: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay, eps=opt.eps,
+                            **({"fused": True} if fused else {}))
+
+
+class Update:
+    """One optimizer's step, done the same way in every family:
+
+        zero_grad -> backward (fp16: of the scaled loss) -> [unscale, clip to `clip`] -> step
+
+    With `train.amp: fp16` a GradScaler scales the loss so small fp16 gradients do not flush to zero,
+    and skips the step (lowering the scale) when a gradient overflowed. `skip_nonfinite=True` skips a
+    step whose gradient norm is inf/NaN without asking the host: fused Adam takes the verdict as a
+    device tensor (`found_inf`), the way GradScaler hands it over. The backward always runs outside
+    autocast (autocast is for forwards). `__call__` returns the pre-clipping gradient norm as a
+    device tensor when clipping, else None. The state (optimizer, scaler) resumes exactly."""
+
+    def __init__(self, params: Iterable[nn.Parameter], optim: OptimConfig, train_cfg, device: torch.device,
+                 clip: float = 0.0, skip_nonfinite: bool = False):
+        self.params = [p for p in params if p.requires_grad]
+        self.scaler = torch.amp.GradScaler(torch.device(device).type) if train_cfg.amp == "fp16" else None
+        self.skip_nonfinite = skip_nonfinite and self.scaler is None  # the scaler skips overflows itself
+        self.opt = make_optimizer(self.params, optim, fused=self.skip_nonfinite)
+        self.clip, self.device = (math.inf if skip_nonfinite and clip <= 0 else clip), torch.device(device)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.opt.param_groups
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+    def scale(self, t: Tensor) -> Tensor:
+        """t times the current loss scale (1 without fp16): for terms that take their own
+        autograd.grad, such as the gradient penalty, so that gradient is not flushed to zero either."""
+        return self.scaler.scale(t) if self.scaler is not None else t
+
+    def __call__(self, loss: Tensor) -> Tensor | None:
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=False):
+            (self.scale(loss)).backward()
+        norm = None
+        if self.scaler is not None:
+            if self.clip > 0:
+                self.scaler.unscale_(self.opt)
+                norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            if self.clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+            if self.skip_nonfinite:
+                self.opt.found_inf, self.opt.grad_scale = (~torch.isfinite(norm)).float(), None
+            self.opt.step()
+        return None if norm is None else norm.detach()
+
+    def state_dict(self) -> dict:
+        state = self.opt.state_dict()
+        if self.scaler is not None:
+            state = {**state, "grad_scaler": self.scaler.state_dict()}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        scaler = state.pop("grad_scaler", None)
+        self.opt.load_state_dict(state)
+        if self.scaler is not None and scaler is not None:
+            self.scaler.load_state_dict(scaler)
 
 
 def to_signed(x: Tensor) -> Tensor:
@@ -92,4 +176,3 @@ class eval_mode:
     def __exit__(self, *exc):
         for m, was in zip(self.modules, self.was):
             m.train(was)
-

@@ -16,7 +16,9 @@ its state). Grids written during training therefore show input | translation sid
 translations come from `translate(x, direction)` (`genlab translate`, `cyclegan_metrics`).
 
 Exact resume: the pools (images and their RNG), both optimizers and the sample bank are in the state;
-the learning rate is a pure function of the step number, so it needs no scheduler state.
+the learning rate is a pure function of the step number, so it needs no scheduler state. Under
+torchrun every rank keeps its own history pools of its own fakes (`rank_local_state`: the trainer
+saves each rank's and gives it back on resume at the same world size).
 """
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ from torch import Tensor, nn
 
 from ..config import ConfigError, OptimConfig, RunConfig
 from ..losses import build_loss
+from ..parallel import prepare_module
 from ..registry import RegistryError, get, register
-from .base import eval_mode, make_optimizer, to_signed
+from .base import FamilyBase, Update, eval_mode, to_signed
 
 DIRECTIONS = ("AtoB", "BtoA")
 
@@ -117,8 +120,9 @@ def _net(name: str) -> type:
 
 
 @register("family", "cyclegan")
-class CycleGANFamily:
+class CycleGANFamily(FamilyBase):
     Options = CycleGANOptions
+    rank_local_state = ("pool_A", "pool_B")
 
     def __init__(self, cfg: RunConfig, info, device: torch.device):
         o: CycleGANOptions = cfg.options
@@ -129,17 +133,23 @@ class CycleGANFamily:
         c, h, w2 = info.shape
         self.domain_shape = (c, h, w2 // 2)
         G, D = _net(o.generator), _net(o.discriminator)
-        self.G_AB, self.G_BA = (G(self.domain_shape, width=o.g_width, norm=o.g_norm, n_blocks=o.n_blocks).to(device)
-                                for _ in range(2))
-        self.D_A, self.D_B = (D(self.domain_shape, width=o.d_width, norm=o.d_norm, n_layers=o.d_layers).to(device)
-                              for _ in range(2))
+
+        def generator():
+            return prepare_module(G(self.domain_shape, width=o.g_width, norm=o.g_norm, n_blocks=o.n_blocks),
+                                  cfg.train, device)
+
+        def discriminator():
+            return prepare_module(D(self.domain_shape, width=o.d_width, norm=o.d_norm, n_layers=o.d_layers),
+                                  cfg.train, device)
+
+        (self.G_AB, self.G_AB_train), (self.G_BA, self.G_BA_train) = generator(), generator()
+        (self.D_A, self.D_A_train), (self.D_B, self.D_B_train) = discriminator(), discriminator()
         self.loss = build_loss(o.loss, o.loss_args)
-        self.opt_g = make_optimizer([*self.G_AB.parameters(), *self.G_BA.parameters()], o.g_optim)
-        self.opt_d = make_optimizer([*self.D_A.parameters(), *self.D_B.parameters()], o.d_optim)
+        self.opt_g = Update([*self.G_AB.parameters(), *self.G_BA.parameters()], o.g_optim, cfg.train, device)
+        self.opt_d = Update([*self.D_A.parameters(), *self.D_B.parameters()], o.d_optim, cfg.train, device)
         self.pool_A, self.pool_B = ImagePool(o.pool_size, cfg.seed + 1), ImagePool(o.pool_size, cfg.seed + 2)
         self.bank = torch.empty((0, *self.domain_shape), dtype=torch.uint8)
-        self.batches_per_step = 1
-        self.ema_module = self.G_AB
+        self.ema_modules = [self.G_AB, self.G_BA]
 
     # ------------------------------------------------------------------ data layout
     def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -153,17 +163,19 @@ class CycleGANFamily:
         return self.G_AB if direction == "AtoB" else self.G_BA
 
     # ------------------------------------------------------------------ training
-    def generator_losses(self, a: Tensor, b: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
-        """Total generator loss, its parts, and the fakes (fake_b = G_AB(a), fake_a = G_BA(b))."""
+    def generator_losses(self, a: Tensor, b: Tensor, train: bool = False) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
+        """Total generator loss, its parts, and the fakes (fake_b = G_AB(a), fake_a = G_BA(b)).
+        train=True runs the generators' training views (DDP under torchrun)."""
         o = self.opts
-        fake_b, fake_a = self.G_AB(a), self.G_BA(b)
+        g_ab, g_ba = (self.G_AB_train, self.G_BA_train) if train else (self.G_AB, self.G_BA)
+        fake_b, fake_a = g_ab(a), g_ba(b)
         parts = {
             "g_adv": self.loss.g_loss(self.D_B(fake_b)) + self.loss.g_loss(self.D_A(fake_a)),
-            "cycle": o.cycle_weight * (F.l1_loss(self.G_BA(fake_b), a) + F.l1_loss(self.G_AB(fake_a), b)),
+            "cycle": o.cycle_weight * (F.l1_loss(g_ba(fake_b), a) + F.l1_loss(g_ab(fake_a), b)),
         }
         idt = o.identity_weight * o.cycle_weight
         if idt > 0:
-            parts["identity"] = idt * (F.l1_loss(self.G_AB(b), b) + F.l1_loss(self.G_BA(a), a))
+            parts["identity"] = idt * (F.l1_loss(g_ab(b), b) + F.l1_loss(g_ba(a), a))
         return sum(parts.values()), parts, fake_b, fake_a
 
     def train_step(self, batch: tuple[Tensor, Tensor], step: int) -> dict[str, float]:
@@ -172,27 +184,22 @@ class CycleGANFamily:
             self.bank = torch.cat([self.bank, self.split(x)[0][: self.opts.bank_size - len(self.bank)].cpu()])
         a, b = self.split(to_signed(x))
         lr = linear_decay(step, self.total_steps, self.opts.decay_start)
-        for opt, base in ((self.opt_g, self.opts.g_optim.lr), (self.opt_d, self.opts.d_optim.lr)):
-            for group in opt.param_groups:
-                group["lr"] = base * lr
+        self.opt_g.set_lr(self.opts.g_optim.lr * lr)
+        self.opt_d.set_lr(self.opts.d_optim.lr * lr)
 
         for d in (self.D_A, self.D_B):
-            d.requires_grad_(False)  # G step: no D gradients needed
-        g_total, parts, fake_b, fake_a = self.generator_losses(a, b)
-        self.opt_g.zero_grad(set_to_none=True)
-        g_total.backward()
-        self.opt_g.step()
+            d.requires_grad_(False)  # G step: no D gradients needed (the plain Ds pass gradients through)
+        g_total, parts, fake_b, fake_a = self.generator_losses(a, b, train=True)
+        self.opt_g(g_total)
         for d in (self.D_A, self.D_B):
             d.requires_grad_(True)
 
         old_b, old_a = self.pool_B.query(fake_b), self.pool_A.query(fake_a)
-        d_b = self.loss.d_loss(self.D_B(b), self.D_B(old_b))
-        d_a = self.loss.d_loss(self.D_A(a), self.D_A(old_a))
-        self.opt_d.zero_grad(set_to_none=True)
-        (d_a + d_b).backward()
-        self.opt_d.step()
-        return {"g_loss": g_total.item(), **{k: v.item() for k, v in parts.items()},
-                "d_a": d_a.item(), "d_b": d_b.item(), "lr": self.opts.g_optim.lr * lr}
+        d_b = self.loss.d_loss(self.D_B_train(b), self.D_B_train(old_b))
+        d_a = self.loss.d_loss(self.D_A_train(a), self.D_A_train(old_a))
+        self.opt_d(d_a + d_b)
+        return {"g_loss": g_total.detach(), **{k: v.detach() for k, v in parts.items()},
+                "d_a": d_a.detach(), "d_b": d_b.detach(), "lr": self.opts.g_optim.lr * lr}
 
     # ------------------------------------------------------------------ using it
     @torch.no_grad()

@@ -12,8 +12,9 @@ the papers report), in nats per image; bits/dim = -log P / (D ln 2) is on the 2^
 rate does not depend on resolution; training logs `nll_nats` and `bits_per_dim`.
 
 Stability: gradients are clipped by norm (`grad_clip`), the learning rate warms up linearly over
-`warmup_steps`, and a step whose gradient norm is not finite is skipped and reported (the shared
-loop then stops on the non-finite value, keeping the last good checkpoint).
+`warmup_steps`, and a step whose gradient norm is not finite is never applied (decided on the device,
+see `Update`); the norm is logged, and a non-finite one stops the shared loop at its next log or
+checkpoint step, keeping the last good checkpoint.
 
 Sampling: eps ~ N(0, T^2 I) through the inverse (T = `temperature`, Glow's reduced temperature,
 e.g. 0.7), then the continuous y is mapped to its cell, floor(y 2^n), and returned in [0, 1].
@@ -29,9 +30,11 @@ import torch
 from torch import Tensor
 
 from ..config import ConfigError, OptimConfig
+from ..nets.flow_models import flow_log_prob
 from ..nets.flows import Preprocess
+from ..parallel import prepare_module, shared_rand
 from ..registry import RegistryError, get, register
-from .base import bits_per_dim, eval_mode, in_batches, make_optimizer, randn
+from .base import FamilyBase, Update, bits_per_dim, eval_mode, in_batches, randn
 
 NLL_NOISE_SEED = 0  # log_likelihood draws its dequantisation noise from this seed: repeatable evals
 
@@ -66,7 +69,7 @@ def discretization_nats(dims: int, n_bits: int) -> float:
 
 
 @register("family", "flow")
-class FlowFamily:
+class FlowFamily(FamilyBase):
     Options = FlowOptions
 
     def __init__(self, cfg, info, device: torch.device):
@@ -75,8 +78,9 @@ class FlowFamily:
             raise ConfigError(f"flow.n_bits must be in 1..8, got {o.n_bits}")
         if info.binarized and o.n_bits != 1:
             raise ConfigError("binarized data has 2 levels per pixel: set flow.n_bits=1")
-        if cfg.train.amp:  # log-determinants summed over 784+ dims need float32, not bf16
-            raise ConfigError("flows compute exact likelihoods in float32: set train.amp=false")
+        if cfg.train.amp != "off":  # log-determinants summed over 784+ dims need float32, not bf16
+            raise ConfigError(f"flows compute exact likelihoods in float32: train.amp={cfg.train.amp} is not "
+                              f"supported (set train.amp=off)")
         if o.temperature < 0:
             raise ConfigError(f"flow.temperature must be >= 0, got {o.temperature}")
         self.opts, self.info, self.device = o, info, device
@@ -84,38 +88,35 @@ class FlowFamily:
             net_fn = get("net", o.net)
             self.pre = Preprocess(o.logit_alpha)
             scale = {"scale": o.coupling_scale} if o.coupling_scale else {}
-            self.model = net_fn(tuple(info.shape), levels=o.levels, depth=o.depth, hidden=o.hidden,
-                                res_blocks=o.res_blocks, **scale).to(device)
+            model = net_fn(tuple(info.shape), levels=o.levels, depth=o.depth, hidden=o.hidden,
+                           res_blocks=o.res_blocks, **scale)
         except (RegistryError, ValueError) as e:
             raise ConfigError(f"flow: {e}") from None
-        self.opt = make_optimizer(self.model.parameters(), o.optim)
-        self.ema_module = self.model
+        self.model, self.model_train = prepare_module(model, cfg.train, device)
+        self.opt = Update(self.model.parameters(), o.optim, cfg.train, device, clip=o.grad_clip,
+                          skip_nonfinite=True)
+        self.ema_modules = [self.model]
         self.dims = math.prod(info.shape)
 
-    def nll(self, x_uint8: Tensor, noise: Tensor | None = None) -> Tensor:
+    def nll(self, x_uint8: Tensor, noise: Tensor | None = None, net: torch.nn.Module | None = None) -> Tensor:
         """-(log p(y) - D n ln 2) in nats per image, y the dequantised x (an upper bound on -log P(x))."""
         x, pre_ld = self.pre(dequantize(x_uint8, self.opts.n_bits, noise))
-        logp = self.model.log_prob(x) + pre_ld
+        logp = (self.model.log_prob(x) if net is None else flow_log_prob(net, x)) + pre_ld
         return discretization_nats(self.dims, self.opts.n_bits) - logp
 
     def _lr(self, step: int) -> float:
         w = self.opts.warmup_steps
         return self.opts.optim.lr * (min(1.0, step / w) if w > 0 else 1.0)
 
-    def train_step(self, batch, step: int) -> dict[str, float]:
+    def train_step(self, batch, step: int) -> dict[str, Tensor]:
         x, _ = batch
-        for group in self.opt.param_groups:
-            group["lr"] = self._lr(step)
-        nats = self.nll(x.to(self.device)).mean()
-        self.opt.zero_grad(set_to_none=True)
-        (nats / self.dims).backward()  # nats per dim: resolution-independent learning rate
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        clip = self.opts.grad_clip if self.opts.grad_clip > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
-        if math.isfinite(norm):  # never step on inf/NaN gradients: the loop stops on the logged value
-            self.opt.step()
-        return {"nll_nats": nats.item(), "bits_per_dim": bits_per_dim(nats.item(), self.dims),
-                "grad_norm": norm}
+        x = x.to(self.device)
+        self.opt.set_lr(self._lr(step))
+        noise = shared_rand(x.shape[0], x.shape[1:], self.device)  # this rank's rows of the global draw
+        nats = self.nll(x, noise, self.model_train).mean()
+        norm = self.opt(nats / self.dims)  # nats per dim: resolution-independent learning rate
+        nats = nats.detach()
+        return {"nll_nats": nats, "bits_per_dim": bits_per_dim(nats, self.dims), "grad_norm": norm}
 
     @torch.no_grad()
     def log_likelihood(self, x_uint8: Tensor, y: Tensor | None = None) -> Tensor:

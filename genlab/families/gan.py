@@ -14,8 +14,9 @@ from torch import Tensor
 
 from ..config import ConfigError, OptimConfig, RunConfig
 from ..losses import build_loss, build_regularizers
+from ..parallel import prepare_module, shared_randn
 from ..registry import RegistryError, get, register
-from .base import eval_mode, in_batches, make_optimizer, randn, to_signed
+from .base import FamilyBase, Update, eval_mode, in_batches, randn, to_signed
 
 
 @dataclass
@@ -45,31 +46,31 @@ def _net(name: str, auto: str, info) -> type:
         raise ConfigError(str(e)) from None
 
 
-def _score_logs(key: str, out) -> dict[str, float]:
+def _score_logs(key: str, out) -> dict[str, Tensor]:
     """Mean discriminator score for the logs. D may return a tensor of scores or a tuple whose first
     field is the per-sample score (EBGAN's `Energy(energy, code)`); anything else is not logged."""
     score = out[0] if isinstance(out, tuple) and out else out
-    return {key: score.mean().item()} if isinstance(score, Tensor) else {}
+    return {key: score.detach().mean()} if isinstance(score, Tensor) else {}
 
 
 @register("family", "gan")
-class GANFamily:
+class GANFamily(FamilyBase):
     Options = GANOptions
 
     def __init__(self, cfg: RunConfig, info, device: torch.device):
         o: GANOptions = cfg.options
         self.opts, self.info, self.device = o, info, device
         shape = tuple(info.shape)
-        self.G = _net(o.generator, "g", info)(shape, latent_dim=o.latent_dim, width=o.g_width,
-                                              norm=o.g_norm).to(device)
-        self.D = _net(o.discriminator, "d", info)(shape, width=o.d_width, norm=o.d_norm,
-                                                  spectral_norm=o.spectral_norm).to(device)
+        G = _net(o.generator, "g", info)(shape, latent_dim=o.latent_dim, width=o.g_width, norm=o.g_norm)
+        D = _net(o.discriminator, "d", info)(shape, width=o.d_width, norm=o.d_norm, spectral_norm=o.spectral_norm)
+        self.G, self.G_train = prepare_module(G, cfg.train, device)
+        self.D, self.D_train = prepare_module(D, cfg.train, device)
         self.loss = build_loss(o.loss, o.loss_args)
         self.regularizers = build_regularizers(o.regularizers)
-        self.opt_g = make_optimizer(self.G.parameters(), o.g_optim)
-        self.opt_d = make_optimizer(self.D.parameters(), o.d_optim)
+        self.opt_g = Update(self.G.parameters(), o.g_optim, cfg.train, device)
+        self.opt_d = Update(self.D.parameters(), o.d_optim, cfg.train, device)
         self.batches_per_step = o.n_critic
-        self.ema_module = self.G
+        self.ema_modules = [self.G]
 
     # -- data conventions: images live in [-1, 1] inside the family, points as they are
     def _prepare(self, x: Tensor) -> Tensor:
@@ -81,33 +82,36 @@ class GANFamily:
     def _noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return randn((n, self.opts.latent_dim), generator, self.device)
 
-    def train_step(self, batch: tuple[Tensor, Tensor], step: int) -> dict[str, float]:
+    def _train_noise(self, n_local: int) -> Tensor:
+        """This rank's rows of one global batch of latents (the same numbers at any world size)."""
+        return shared_randn(n_local, (self.opts.latent_dim,), self.device)
+
+    def train_step(self, batch: tuple[Tensor, Tensor], step: int) -> dict[str, Tensor]:
         reals = self._prepare(batch[0]).chunk(self.opts.n_critic)
-        logs: dict[str, float] = {}
+        logs: dict[str, Tensor] = {}
         for real in reals:
             logs = self._critic_update(real)
-        fake = self.G(self._noise(reals[0].shape[0]))
+        # G learns through the plain D: only G's gradients are averaged over ranks in this update
+        fake = self.G_train(self._train_noise(reals[0].shape[0]))
         g_loss = self.loss.g_loss(self.D(fake))
-        self.opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        self.opt_g.step()
-        logs["g_loss"] = g_loss.item()
+        self.opt_g(g_loss)
+        logs["g_loss"] = g_loss.detach()
         return logs
 
-    def _critic_update(self, real: Tensor) -> dict[str, float]:
+    def _critic_update(self, real: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():
-            fake = self.G(self._noise(real.shape[0]))
-        d_real, d_fake = self.D(real), self.D(fake)
+            fake = self.G(self._train_noise(real.shape[0]))
+        d_real, d_fake = self.D_train(real), self.D_train(fake)
         d_loss = self.loss.d_loss(d_real, d_fake)
-        logs = {"d_loss": d_loss.item(), **_score_logs("d_real", d_real), **_score_logs("d_fake", d_fake)}
+        logs = {"d_loss": d_loss.detach(), **_score_logs("d_real", d_real), **_score_logs("d_fake", d_fake)}
         total = d_loss
         for reg in self.regularizers:
-            term = reg(self.D, real, fake)
-            logs[reg.name] = term.item()
+            # the plain D: regularizers take their own (double) backward, which compiled graphs lack;
+            # its gradients still reach D's parameters, and DDP averages them with the rest
+            term = reg(self.D, real, fake, scale=self.opt_d.scale)
+            logs[reg.name] = term.detach()
             total = total + term
-        self.opt_d.zero_grad(set_to_none=True)
-        total.backward()
-        self.opt_d.step()
+        self.opt_d(total)
         return logs
 
     @torch.no_grad()

@@ -29,8 +29,9 @@ from torch import Tensor
 
 from ..config import ConfigError, OptimConfig
 from ..nets.vae import OBSERVATION_MODELS, VAEDecoder, VAEEncoder
+from ..parallel import prepare_module, shared_randn
 from ..registry import register
-from .base import bits_per_dim, eval_mode, in_batches, make_optimizer, randn
+from .base import FamilyBase, Update, bits_per_dim, eval_mode, in_batches, randn
 
 
 @dataclass
@@ -60,7 +61,7 @@ def log_normal(z: Tensor, mean: Tensor | float = 0.0, logvar: Tensor | float = 0
 
 
 @register("family", "vae")
-class VAEFamily:
+class VAEFamily(FamilyBase):
     Options = VAEOptions
 
     def __init__(self, cfg, info, device: torch.device):
@@ -76,10 +77,12 @@ class VAEFamily:
             raise ConfigError("vae.iw_samples and vae.iw_batch must be >= 1")
         self.opts, self.info, self.device, self.data_cfg = o, info, device, cfg.data
         shape = tuple(info.shape)
-        self.encoder = VAEEncoder(shape, o.latent_dim, o.width).to(device)
-        self.decoder = VAEDecoder(shape, o.latent_dim, o.width, params=self.obs.params).to(device)
-        self.opt = make_optimizer([*self.encoder.parameters(), *self.decoder.parameters()], o.optim)
-        self.ema_module = torch.nn.ModuleDict({"encoder": self.encoder, "decoder": self.decoder})
+        self.encoder, self.encoder_train = prepare_module(VAEEncoder(shape, o.latent_dim, o.width), cfg.train, device)
+        self.decoder, self.decoder_train = prepare_module(
+            VAEDecoder(shape, o.latent_dim, o.width, params=self.obs.params), cfg.train, device)
+        self.opt = Update([*self.encoder.parameters(), *self.decoder.parameters()], o.optim, cfg.train, device,
+                          clip=o.grad_clip)
+        self.ema_modules = [self.encoder, self.decoder]
         self.dims = math.prod(shape)
 
     # ------------------------------------------------------------------ pieces
@@ -91,12 +94,16 @@ class VAEFamily:
             x_uint8 = (x_uint8 > 127).to(torch.uint8) * 255
         return x_uint8.float() / 127.5 - 1, x_uint8
 
-    def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Per-image log p(x|z) (one reparameterised z) and the analytic KL, in nats -> (B,) each."""
+    def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None, train: bool = False) -> dict[str, Tensor]:
+        """Per-image log p(x|z) (one reparameterised z) and the analytic KL, in nats -> (B,) each.
+        train=True: the nets' training views, and noise for this rank's rows of the global batch."""
         inp, target = self._prepare(x)
-        mean, logvar = self.encoder(inp)
-        z = mean + torch.exp(0.5 * logvar) * randn(tuple(mean.shape), generator, self.device)
-        return {"log_px_z": self.obs.log_prob(self.decoder(z), target), "kl": gaussian_kl(mean, logvar)}
+        encoder, decoder = (self.encoder_train, self.decoder_train) if train else (self.encoder, self.decoder)
+        mean, logvar = encoder(inp)
+        eps = (shared_randn(mean.shape[0], mean.shape[1:], self.device) if train
+               else randn(tuple(mean.shape), generator, self.device))
+        z = mean + torch.exp(0.5 * logvar) * eps
+        return {"log_px_z": self.obs.log_prob(decoder(z), target), "kl": gaussian_kl(mean, logvar)}
 
     def elbo(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The ELBO (beta = 1) in nats per image, one sample of z."""
@@ -108,20 +115,16 @@ class VAEFamily:
         return self.opts.beta * (min(1.0, step / warm) if warm > 0 else 1.0)
 
     # ------------------------------------------------------------------ training
-    def train_step(self, batch, step: int) -> dict[str, float]:
+    def train_step(self, batch, step: int) -> dict[str, Tensor | float]:
         x, _ = batch
-        t = self.elbo_terms(x)
+        t = self.elbo_terms(x, train=True)
         rec, kl = -t["log_px_z"].mean(), t["kl"].mean()
         beta = self.beta_at(step)
         loss = rec + beta * kl
-        self.opt.zero_grad(set_to_none=True)
-        (loss / self.dims).backward()  # per-dim loss keeps the learning rate resolution-independent
-        if self.opts.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.ema_module.parameters(), self.opts.grad_clip)
-        self.opt.step()
-        bound = (rec + kl).item()
+        self.opt(loss / self.dims)  # per-dim loss keeps the learning rate resolution-independent
+        bound = (rec + kl).detach()
         return {"nll_bound_nats": bound, "bits_per_dim": bits_per_dim(bound, self.dims),
-                "recon_nats": rec.item(), "kl_nats": kl.item(), "beta": beta}
+                "recon_nats": rec.detach(), "kl_nats": kl.detach(), "beta": beta}
 
     # ------------------------------------------------------------------ likelihood
     @torch.no_grad()

@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConfigError, OptimConfig
-from ..nets.quantizer import VectorQuantizer, perplexity
+from ..nets.quantizer import Quantized, VectorQuantizer, perplexity
 from ..nets.vae import VQDecoder, VQEncoder
+from ..parallel import prepare_module
 from ..registry import RegistryError, get, register
-from .base import bits_per_dim, eval_mode, in_batches, make_optimizer
+from .base import FamilyBase, Update, bits_per_dim, eval_mode, in_batches
 from .vae import load_test_images
 
 
@@ -65,9 +66,14 @@ class VQVAE(nn.Module):
                                          dead_steps=o.dead_steps)
         self.decoder = VQDecoder(shape, o.code_dim, o.width, o.res_blocks, o.downsample)
 
+    def forward(self, x: Tensor) -> tuple[Tensor, "Quantized"]:
+        """x in [-1, 1] -> (decoder output, quantiser result): one training forward (DDP wraps this)."""
+        q = self.quantizer(self.encoder(x))
+        return self.decoder(q.z_q), q
+
 
 @register("family", "vqvae")
-class VQVAEFamily:
+class VQVAEFamily(FamilyBase):
     Options = VQVAEOptions
 
     def __init__(self, cfg, info, device: torch.device):
@@ -81,11 +87,12 @@ class VQVAEFamily:
             raise ConfigError(f"vqvae.codebook_update: unknown {o.codebook_update!r} (ema, loss)")
         self.opts, self.info, self.device, self.data_cfg, self.recon = o, info, device, cfg.data, recon
         try:
-            self.model = VQVAE(tuple(info.shape), o).to(device)
+            model = VQVAE(tuple(info.shape), o)
         except ValueError as e:  # e.g. too many halvings for the resolution
             raise ConfigError(f"vqvae: {e}") from None
-        self.opt = make_optimizer([p for p in self.model.parameters() if p.requires_grad], o.optim)
-        self.ema_module = self.model
+        self.model, self.model_train = prepare_module(model, cfg.train, device)
+        self.opt = Update(self.model.parameters(), o.optim, cfg.train, device, clip=o.grad_clip)
+        self.ema_modules = [self.model]
         h = info.shape[1] // 2 ** o.downsample
         self.code_shape = (h, info.shape[2] // 2 ** o.downsample)
 
@@ -107,19 +114,14 @@ class VQVAEFamily:
         return F.mse_loss(out, x)
 
     # ------------------------------------------------------------------ training
-    def train_step(self, batch, step: int) -> dict[str, float]:
+    def train_step(self, batch, step: int) -> dict[str, Tensor]:
         x = self._prepare(batch[0])
-        q = self.model.quantizer(self.model.encoder(x))
-        out = self.model.decoder(q.z_q)
+        out, q = self.model_train(x)
         recon = self._recon_loss(out, x)
         loss = recon + q.loss
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.opts.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.opts.grad_clip)
-        self.opt.step()
-        mse = F.mse_loss(self._to_unit(out.detach()), (x + 1) / 2).item()
-        return {"loss": loss.item(), "recon_mse": mse, "vq_loss": q.loss.item(), **q.stats}
+        self.opt(loss)
+        mse = F.mse_loss(self._to_unit(out.detach()), (x + 1) / 2)
+        return {"loss": loss.detach(), "recon_mse": mse, "vq_loss": q.loss.detach(), **q.stats}
 
     # ------------------------------------------------------------------ codes
     @torch.no_grad()
@@ -216,7 +218,7 @@ def load_vqvae(o: PriorOptions, cfg, info, device: torch.device) -> VQVAEFamily:
         raise ConfigError(f"prior.vqvae: {o.vqvae} is not a genlab run directory (no config.yaml)")
     from ..runs import load_run
 
-    run = load_run(o.vqvae, o.checkpoint, str(device))
+    run = load_run(o.vqvae, o.checkpoint, device)
     if run.cfg.family != "vqvae":
         raise ConfigError(f"prior.vqvae: {o.vqvae} is a {run.cfg.family!r} run, not a vqvae run")
     if tuple(run.info.shape) != tuple(info.shape) or run.info.binarized != info.binarized:
@@ -224,12 +226,12 @@ def load_vqvae(o: PriorOptions, cfg, info, device: torch.device) -> VQVAEFamily:
                           f"{' binarized' if run.info.binarized else ''}; this run's data is {info.name} "
                           f"{tuple(info.shape)}{' binarized' if info.binarized else ''} (set the same data.*)")
     if run.ema is not None:
-        run.family.ema_module.load_state_dict(run.ema.shadow)
+        run.ema.copy_to(run.family.ema_modules)
     return run.family
 
 
 @register("family", "prior")
-class PriorFamily:
+class PriorFamily(FamilyBase):
     Options = PriorOptions
 
     def __init__(self, cfg, info, device: torch.device):
@@ -242,25 +244,23 @@ class PriorFamily:
             net_cls = get("net", o.net)
         except RegistryError as e:
             raise ConfigError(str(e)) from None
-        self.net = net_cls(colours=1, n_values=self.n_codes, width=o.width, layers=o.layers,
-                           first_kernel=o.first_kernel, n_codes=self.n_codes).to(device)
-        self.opt = make_optimizer(self.net.parameters(), o.optim)
-        self.ema_module = self.net
+        net = net_cls(colours=1, n_values=self.n_codes, width=o.width, layers=o.layers,
+                      first_kernel=o.first_kernel, n_codes=self.n_codes)
+        self.net, self.net_train = prepare_module(net, cfg.train, device)
+        self.opt = Update(self.net.parameters(), o.optim, cfg.train, device, clip=o.grad_clip)
+        self.ema_modules = [self.net]
 
-    def nll(self, codes: Tensor) -> Tensor:
+    def nll(self, codes: Tensor, net: nn.Module | None = None) -> Tensor:
         """-log p(code map) in nats per map (B,)."""
-        logits = self.net(codes[:, None])[:, 0]  # (B, K, h, w)
-        return F.cross_entropy(logits, codes, reduction="none").flatten(1).sum(1)
+        logits = (net or self.net)(codes[:, None])[:, 0]  # (B, K, h, w)
+        return F.cross_entropy(logits.float(), codes, reduction="none").flatten(1).sum(1)
 
-    def train_step(self, batch, step: int) -> dict[str, float]:
+    def train_step(self, batch, step: int) -> dict[str, Tensor]:
         codes = self.vq.encode(batch[0])
-        nats = self.nll(codes).mean()
-        self.opt.zero_grad(set_to_none=True)
-        (nats / codes[0].numel()).backward()
-        if self.opts.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.opts.grad_clip)
-        self.opt.step()
-        return {"nll_nats": nats.item(), "bits_per_code": bits_per_dim(nats.item(), codes[0].numel())}
+        nats = self.nll(codes, self.net_train).mean()
+        self.opt(nats / codes[0].numel())
+        nats = nats.detach()
+        return {"nll_nats": nats, "bits_per_code": bits_per_dim(nats, codes[0].numel())}
 
     @torch.no_grad()
     def sample_codes(self, n: int, generator: torch.Generator | None = None) -> Tensor:

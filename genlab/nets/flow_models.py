@@ -78,8 +78,14 @@ class MultiScaleFlow(nn.Module):
 
     def log_prob(self, x: Tensor) -> Tensor:
         """log density of x under the model, nats per example (B,)."""
-        z, logdet = self(x)
-        return standard_normal_logpdf(z) + logdet
+        return flow_log_prob(self, x)
+
+
+def flow_log_prob(flow: nn.Module, x: Tensor) -> Tensor:
+    """log p(x) = log N(z; 0, I) + log|det dz/dx| through `flow`'s forward (a MultiScaleFlow, or its
+    DDP / compiled training view, which only forwards `forward`)."""
+    z, logdet = flow(x)
+    return standard_normal_logpdf(z) + logdet
 
 
 def standard_normal_logpdf(z: Tensor) -> Tensor:

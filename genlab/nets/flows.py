@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..parallel import global_moments
+
 
 def _zeros(x: Tensor) -> Tensor:
     return x.new_zeros(x.shape[0])
@@ -44,25 +46,36 @@ class Squeeze(nn.Module):
 
 
 class ActNorm(nn.Module):
-    """Per-channel affine z = (x + bias) * exp(logs), initialised from the first training batch."""
+    """Per-channel affine z = (x + bias) * exp(logs), initialised from the first training batch.
+
+    Under torchrun the initialising statistics are those of the global batch (every rank's rows), so
+    all ranks start from the same parameters -- the ones a single process would compute."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.logs = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.register_buffer("initialized", torch.tensor(False))
+        self._ready = False  # host copy of `initialized`, so a forward never reads the device flag back
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
+        mean, var = global_moments(x, (0, 2, 3))
         self.bias.copy_(-mean)
-        self.logs.copy_(-torch.log(std.clamp_min(1e-6)))
+        self.logs.copy_(-torch.log(var.sqrt().clamp_min(1e-6)))
         self.initialized.fill_(True)
+        self._ready = True
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._ready = False  # re-read the loaded flag at the next training forward
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialized):
-            self.initialize(x)
+        if self.training and not self._ready:
+            if bool(self.initialized):
+                self._ready = True
+            else:
+                self.initialize(x)
         z = (x + self.bias) * torch.exp(self.logs)
         return z, (x.shape[2] * x.shape[3] * self.logs.sum()).expand(x.shape[0])
 

@@ -13,8 +13,14 @@
 - Dead-code restarts: a code unused for `dead_steps` consecutive training batches is moved onto a
   random encoder output of the current batch (with EMA state N_k = 1, m_k = e_k). Codes start out
   "dead", so the first training batch initialises the codebook from data (except codes it already
-  uses). Caveat: restarts use the global torch RNG (seeded and checkpointed by the trainer).
-- Stats: perplexity exp(H(usage)), codes used in the batch, dead codes, cumulative restarts.
+  uses). The candidates (one random row per code) are drawn every step, dead or not, so no step
+  waits on the host to ask whether any code died; the draw uses the global torch RNG (seeded and
+  checkpointed by the trainer).
+- Data parallel (torchrun): the code counts and assigned sums are summed over ranks before the EMA
+  update, and restart candidates are drawn from the gathered global batch, so every rank holds the
+  same codebook -- the one a single process with the global batch would hold.
+- Stats (device tensors): perplexity exp(H(usage)), codes used in the batch, dead codes, cumulative
+  restarts.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..parallel import all_gather_cat, all_reduce_sum
 from ..registry import register
 
 
@@ -34,10 +41,14 @@ class Quantized(NamedTuple):
     stats: dict  # floats for the logs
 
 
-def perplexity(counts: Tensor) -> float:
+def perplexity_tensor(counts: Tensor) -> Tensor:
     """exp of the entropy of the code-usage histogram: K if all K codes are used equally, 1 if one."""
     p = counts.double() / counts.sum().clamp_min(1)
-    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum()))
+    return torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum())
+
+
+def perplexity(counts: Tensor) -> float:
+    return float(perplexity_tensor(counts))
 
 
 @register("net", "vector-quantizer")
@@ -78,6 +89,8 @@ class VectorQuantizer(nn.Module):
         flat = z_e.permute(0, 2, 3, 1).reshape(-1, d)
         codes = self.nearest(flat)
         counts = torch.bincount(codes, minlength=self.n_codes)
+        if self.training:
+            counts = all_reduce_sum(counts)  # the global batch's usage (a no-op in one process)
         if self.training and self.update == "ema":
             self._ema_update(flat.detach(), codes, counts)
         z_q = self.lookup(codes.view(b, h, w))
@@ -85,38 +98,42 @@ class VectorQuantizer(nn.Module):
         if self.update == "loss":
             loss = loss + F.mse_loss(z_q, z_e.detach())
         z_st = z_e + (z_q - z_e).detach()
-        dead = 0
+        dead = torch.zeros((), device=z_e.device)
         if self.training:
             dead = self._restart_dead(flat.detach(), counts)
-        stats = {"perplexity": perplexity(counts), "codes_used": float((counts > 0).sum()),
-                 "dead_codes": float(dead), "restarts": float(self.restarts)}
+        stats = {"perplexity": perplexity_tensor(counts).float(), "codes_used": (counts > 0).sum().float(),
+                 "dead_codes": dead.float(), "restarts": self.restarts.detach().float()}
         return Quantized(z_st, codes.view(b, h, w), loss, stats)
 
     @torch.no_grad()
     def _ema_update(self, flat: Tensor, codes: Tensor, counts: Tensor) -> None:
         onehot = F.one_hot(codes, self.n_codes).to(flat.dtype)  # (N, K)
+        sums = all_reduce_sum(onehot.t() @ flat)  # assigned sums over the global batch
         self.cluster_size.mul_(self.decay).add_(counts.to(flat.dtype), alpha=1 - self.decay)
-        self.embed_sum.mul_(self.decay).add_(onehot.t() @ flat, alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.eps) / (n + self.n_codes * self.eps) * n
         self.embed.data.copy_(self.embed_sum / smoothed[:, None])
 
     @torch.no_grad()
-    def _restart_dead(self, flat: Tensor, counts: Tensor) -> int:
+    def _restart_dead(self, flat: Tensor, counts: Tensor) -> Tensor:
+        """Restart dead codes without reading anything back to the host; returns how many (a tensor)."""
         if self.update == "loss":  # keep usage counts for the stats only
             self.cluster_size.mul_(self.decay).add_(counts.to(self.cluster_size.dtype), alpha=1 - self.decay)
         self.unused.add_(1).masked_fill_(counts > 0, 0)
         if self.dead_steps <= 0:  # restarts disabled
-            return 0
-        dead = (self.unused >= self.dead_steps).nonzero().squeeze(1)
-        if dead.numel():
-            pick = torch.randint(len(flat), (dead.numel(),), device=flat.device)
-            self.embed.data[dead] = flat[pick]
-            self.embed_sum[dead] = flat[pick]
-            self.cluster_size[dead] = 1.0
-            self.unused[dead] = 0
-            self.restarts.add_(dead.numel())
-        return int(dead.numel())
+            return torch.zeros((), device=flat.device)
+        dead = self.unused >= self.dead_steps  # (K,) mask
+        pool = all_gather_cat(flat)  # the global batch's encoder outputs, in rank order
+        candidates = pool[torch.randint(len(pool), (self.n_codes,)).to(flat.device)]
+        mask = dead[:, None]
+        self.embed.data.copy_(torch.where(mask, candidates, self.embed.data))
+        self.embed_sum.copy_(torch.where(mask, candidates, self.embed_sum))
+        self.cluster_size.masked_fill_(dead, 1.0)
+        self.unused.masked_fill_(dead, 0)
+        n_dead = dead.sum()
+        self.restarts.add_(n_dead)
+        return n_dead
 
     def extra_repr(self) -> str:
         return (f"n_codes={self.n_codes}, dim={self.dim}, beta={self.beta}, update={self.update}, "
