@@ -102,12 +102,16 @@ class LossWindow:
         if not bad:
             return
         first = self.first if self.first is not None else step
-        last = ckpt_dir / "last.pt"
-        kept = f"the last good checkpoint {last} is intact" if last.exists() else "no checkpoint was written yet"
+        kept = kept_checkpoint(ckpt_dir)
         where = f"at step {step}" if first == step else f"between steps {first} and {step}"
         name, value = bad[0]
         raise TrainingDiverged(f"training diverged {where}: loss {name} = {value}; stopped, {kept}. "
                                f"Try a lower learning rate or gradient clipping.")
+
+
+def kept_checkpoint(ckpt_dir: Path) -> str:
+    last = ckpt_dir / "last.pt"
+    return f"the last good checkpoint {last} is intact" if last.exists() else "no checkpoint was written yet"
 
 
 def autocast(device: torch.device, amp: str):
@@ -174,10 +178,13 @@ class Trainer:
             if self.world.main:
                 log_hparams(self.run_dir, self.cfg, {**losses, "wall_time": self.wall_time}, step=self.step,
                             writer=self.logger.tb)
+        except parallel.DistributedError as e:  # SIGTERM from torchrun: another rank failed
+            raise parallel.DistributedError(f"{e} at step {self.step}; {kept_checkpoint(self.ckpt_dir)}") from None
         except RuntimeError as e:
             if self.world.distributed and _is_comm_error(e):
-                raise parallel.DistributedError(f"lost contact with another rank at step {self.step} "
-                                                f"({str(e).strip().splitlines()[0][:200]})") from None
+                raise parallel.DistributedError(
+                    f"lost contact with another rank at step {self.step} ({str(e).strip().splitlines()[0][:160]}); "
+                    f"{kept_checkpoint(self.ckpt_dir)}") from None
             raise
         finally:
             bar.close()

@@ -34,7 +34,8 @@ COMMON = ["train.batch_size=8", "train.log_every=1", "train.sample_every=1000", 
 EPS = "eps=1e-4"
 TINY = {
     "gan": ["gan.g_width=4", "gan.d_width=4", "gan.latent_dim=8", "train.sync_bn=true",
-            f"gan.g_optim.{EPS}", f"gan.d_optim.{EPS}"],
+            f"gan.g_optim.{EPS}", f"gan.d_optim.{EPS}",
+            "eval.every=3", "eval.n=128", "eval.batch_size=32", "eval.metrics=fid,kid"],  # periodic eval, sharded
     "wgan-gp": ["gan.g_width=4", "gan.d_width=4", "gan.latent_dim=8", "gan.n_critic=2", "train.sync_bn=true",
                 f"gan.g_optim.{EPS}", f"gan.d_optim.{EPS}"],
     "vae": ["vae.width=4", "vae.latent_dim=4", "vae.iw_samples=8", "vae.iw_batch=64", f"vae.optim.{EPS}"],
@@ -135,11 +136,27 @@ def test_single_process_checkpoint_resumes_on_two_ranks(runs):
 
 def test_only_rank_zero_writes_and_logs_global_means(runs):
     root, _ = runs
-    lines = [json.loads(s) for s in (root / "ddp" / "gan" / "metrics.jsonl").read_text().splitlines()]
+    def train_lines(run):
+        return [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if '"train/' in s]
+
+    lines = train_lines(root / "ddp" / "gan")
     assert [r["step"] for r in lines] == [1, 2, 3]  # one line per logged step, not one per rank
-    single = [json.loads(s) for s in (root / "single" / "gan" / "metrics.jsonl").read_text().splitlines()]
+    single = train_lines(root / "single" / "gan")
     for a, b in zip(lines, single):  # losses are means over ranks: the one-process values
         assert a["train/d_loss"] == pytest.approx(b["train/d_loss"], rel=1e-4)
+
+
+def test_periodic_eval_inside_a_ddp_run_is_sharded_and_rank_independent(runs):
+    root, _ = runs
+
+    def evals(run):
+        return [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if '"eval/fid"' in s]
+
+    one, two = evals(root / "single" / "gan"), evals(root / "ddp" / "gan")
+    assert [r["step"] for r in two] == [3] and len(one) == 1
+    # the models agree to float tolerance (above), so their FIDs on the same 128 seeded samples do too
+    assert two[0]["eval/fid"] == pytest.approx(one[0]["eval/fid"], rel=1e-3)
+    assert two[0]["eval/kid_mean"] == pytest.approx(one[0]["eval/kid_mean"], rel=1e-2, abs=1e-4)
 
 
 def test_two_rank_checkpoint_is_sampled_in_one_process(runs, tmp_path):

@@ -120,3 +120,78 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_sets):
     with pytest.raises(TrainingDiverged, match="step 5: loss d_loss = nan"):
         trainer.run()
     assert checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_a_nan_between_log_steps_is_caught_before_the_next_checkpoint(tmp_path, tiny_sets):
+    # Losses are read back every log_every steps only; a checkpoint step reads them too, so a NaN at
+    # step 5 (logs at 4 and 8) stops the run at step 6, before last.pt (step 3) is replaced.
+    cfg = _cfg(tmp_path, tiny_sets, 8, extra=("train.log_every=4",))
+    trainer = Trainer(cfg, tmp_path / "run", show_progress=False)
+    real_step = trainer.family.train_step
+
+    def poisoned(batch, step):
+        losses = real_step(batch, step)
+        return {**losses, "g_loss": torch.tensor(float("nan"))} if step == 5 else losses
+
+    trainer.family.train_step = poisoned
+    with pytest.raises(TrainingDiverged, match="between steps 5 and 6: loss g_loss = nan"):
+        trainer.run()
+    assert checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_logged_losses_are_means_over_the_log_window(tmp_path, tiny_sets):
+    cfg = _cfg(tmp_path, tiny_sets, 4, extra=("train.log_every=2",))
+    trainer = Trainer(cfg, tmp_path / "run", show_progress=False)
+    seen = []
+    real_step = trainer.family.train_step
+
+    def recording(batch, step):
+        losses = real_step(batch, step)
+        seen.append(float(losses["d_loss"]))
+        return losses
+
+    trainer.family.train_step = recording
+    trainer.run()
+    import json
+
+    logged = [json.loads(s)["train/d_loss"] for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx([(seen[0] + seen[1]) / 2, (seen[2] + seen[3]) / 2], rel=1e-6)
+
+
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_mixed_precision_trains_and_resumes_exactly(tmp_path, tiny_sets, amp):
+    # fp16: a GradScaler per optimizer, also scaling the gradient penalty's own autograd.grad; its
+    # state is in the checkpoint, so N + N resumed steps equal 2N straight ones, bit for bit.
+    if amp == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no native bf16")
+    extra = (f"train.amp={amp}",)
+    Trainer(_cfg(tmp_path, tiny_sets, 6, "full", extra), tmp_path / "full", show_progress=False).run()
+    Trainer(_cfg(tmp_path, tiny_sets, 3, "half", extra), tmp_path / "half", show_progress=False).run()
+    Trainer(_cfg(tmp_path, tiny_sets, 6, "half", extra), tmp_path / "half", resume=True, show_progress=False).run()
+    a = checkpoint.load(tmp_path / "full" / "checkpoints" / "last.pt")["family_state"]
+    b = checkpoint.load(tmp_path / "half" / "checkpoints" / "last.pt")["family_state"]
+    _assert_same_state(a, b)
+    if amp == "fp16":
+        assert a["opt_d"]["grad_scaler"] == b["opt_d"]["grad_scaler"] and "scale" in a["opt_d"]["grad_scaler"]
+    for v in a["G"].values():
+        assert torch.isfinite(v.float()).all()
+
+
+@pytest.mark.parametrize("option", ["train.channels_last=true", "train.compile=true"])
+def test_channels_last_and_compile_change_no_result(tmp_path, option):
+    # compile: inductor on this CPU (C compiler); a 2-D MLP GAN keeps the compile time to seconds.
+    # The gradient penalty takes its double backward through the eager D (compiled graphs lack it).
+    # Other kernels sum in another order; Adam's epsilon is raised so that float noise in gradients that
+    # are mathematically zero (biases before BatchNorm) is not turned into +-lr steps (see test_ddp.py).
+    model, data = ("wgan-gp", "data.name=ring8") if "compile" in option else ("gan", "data.name=mnist")
+    sets = ["gan.g_width=8", "gan.d_width=8", "train.batch_size=8", "train.steps=3", "train.log_every=1",
+            "train.sample_every=100", "train.grid_size=4", data, f"out={tmp_path}",
+            "gan.g_optim.eps=1e-4", "gan.d_optim.eps=1e-4"]
+    results = {}
+    for name, extra in (("plain", []), ("option", [option])):
+        Trainer(C.resolve(model, sets=sets + extra), tmp_path / name, show_progress=False).run()
+        results[name] = checkpoint.load(tmp_path / name / "checkpoints" / "last.pt")["family_state"]
+    for net in ("G", "D"):
+        for k, v in results["plain"][net].items():
+            assert torch.allclose(v.float(), results["option"][net][k].float(), rtol=1e-4, atol=1e-5), (
+                f"{net}.{k} {(v.float() - results['option'][net][k].float()).abs().max():.3g}")

@@ -88,7 +88,7 @@ class ImagePool:
             if k < self.size:
                 self.images = img[None].clone() if self.images is None else torch.cat([self.images, img[None]])
                 out.append(img)
-            elif torch.rand((), generator=self.generator).item() < 0.5:
+            elif torch.rand((), generator=self.generator) < 0.5:  # a CPU generator: no device sync
                 j = int(torch.randint(self.size, (), generator=self.generator))
                 out.append(self.images[j].clone())
                 self.images[j] = img
