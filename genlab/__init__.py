@@ -17,3 +17,6 @@ for _kind, _module in {
 }.items():
     registry.register_loader(_kind, lambda m=_module: import_module(m))
 registry.register_loader("model", lambda: import_module("genlab.config").register_models())
+# measures: the sample metrics, then translation, then the diagnostics (this order is the display order)
+registry.register_loader("measure", lambda: [import_module(f"genlab.eval.{m}")
+                                             for m in ("sample_measures", "translation", "diagnostics")])

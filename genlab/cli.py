@@ -1,59 +1,25 @@
-"""The genlab command line (Typer). Parse -> resolve config -> call the library; no logic here."""
+"""The genlab command line (Typer). Parse -> resolve config -> call the library; no logic here.
+
+The commands of each subsystem live beside it (cli_eval, cli_diagnose, cli_compare, cli_translate);
+each module registers its commands on the app it is given (`register(app)`), so nothing imports this
+module back."""
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from . import registry
+from . import cli_compare, cli_diagnose, cli_eval, cli_translate, registry
+from .cli_common import single_process, user_errors, with_sample_options
 from .errors import GenlabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="genlab: train, sample, evaluate, diagnose and compare generative models.")
 
 LIST_KINDS = {"models": "model", "datasets": "dataset", "families": "family", "losses": "loss",
-              "regularizers": "regularizer", "nets": "net", "features": "features"}
-
-
-def user_errors(fn):
-    """Turn the library's user-facing errors into a one-line message and exit code 2 (Ctrl-C: 130).
-    Under torchrun the message names the rank, and the command leaves the process group at the end."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from . import parallel
-
-        try:
-            return fn(*args, **kwargs)
-        except (GenlabError, registry.RegistryError) as e:
-            typer.secho(f"error: {parallel.world().tag()}{e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.secho(f"error: {parallel.world().tag()}interrupted; files already written are intact "
-                        f"(checkpoints are replaced atomically)", fg=typer.colors.RED, err=True)
-            raise typer.Exit(130) from None
-        finally:
-            parallel.world_shutdown()
-
-    return wrapper
-
-
-def single_process(fn):
-    """For commands that are not data-parallel: launched under torchrun, rank 0 does the work and the
-    other ranks return at once (instead of all writing the same files)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from .parallel.world import from_env
-
-        if from_env().rank != 0:
-            return None
-        return fn(*args, **kwargs)
-
-    return wrapper
+              "regularizers": "regularizer", "nets": "net", "features": "features", "measures": "measure"}
 
 
 def _overrides(dataset, steps, batch_size, out, name, device, seed, data_root) -> dict:
@@ -129,54 +95,41 @@ def _resume_config(model: str, run_dir: Path, config: Optional[Path], layer: dic
 @app.command()
 @user_errors
 @single_process
+@with_sample_options
 def sample(
     run_dir: Path = typer.Argument(..., help="A run directory written by `genlab train`."),
     n: int = typer.Option(64, "-n", "--n", help="Number of samples (grid cells)."),
-    out: Optional[Path] = typer.Option(None, help="Output PNG (default: RUN_DIR/samples/sample-CKPT-seedS.png)."),
+    out: Optional[Path] = typer.Option(None, help="Output PNG (default: RUN_DIR/samples/KIND-CKPT-seedS.png)."),
     seed: int = typer.Option(0, help="Sampling seed (same seed -> same images)."),
     checkpoint: str = typer.Option("last", help="last | best | step-N."),
     interpolate: bool = typer.Option(False, "--interpolate", help="Write a grid of latent interpolations instead."),
     reconstruct: bool = typer.Option(False, "--reconstruct", help="Write input/reconstruction pairs of N test images instead."),
     steps: int = typer.Option(10, help="With --interpolate: images per row."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (flows: scale of the latent noise, e.g. 0.7)."),
+    sample_options: Optional[dict] = None,
 ):
-    """Write a PNG grid of samples from a trained run (or of latent interpolations / reconstructions)."""
-    import inspect
-
+    """Write a PNG grid of samples from a trained run (or of latent interpolations / reconstructions).
+    Sampling options (e.g. --temperature) are those the run's family declares."""
+    from . import sampling
     from .report.plots import save_image_grid, save_samples
-    from .runs import load_run, seeded
+    from .runs import load_run
 
+    options = sample_options or {}
     if interpolate and reconstruct:
         raise GenlabError("choose one of --interpolate and --reconstruct")
+    if options and (interpolate or reconstruct):
+        raise GenlabError(f"sampling options ({', '.join(options)}) do not apply to "
+                          f"{'--interpolate' if interpolate else '--reconstruct'}")
     run = load_run(run_dir, checkpoint, device)
-    extra = {} if temperature is None else {"temperature": temperature}
-    if extra and (interpolate or reconstruct or "temperature" not in inspect.signature(run.family.sample).parameters):
-        what = "--interpolate" if interpolate else "--reconstruct" if reconstruct else \
-            f"{run.cfg.model} ({run.cfg.family} family) sampling"
-        raise GenlabError(f"--temperature is not supported by {what}")
     kind = "interp" if interpolate else "recon" if reconstruct else "sample"
-    suffix = "" if temperature is None else f"-t{temperature:g}"
+    suffix = "".join(f"-{k[0]}{v:g}" if isinstance(v, float) else f"-{v}" for k, v in options.items())
     out = out or run_dir / "samples" / f"{kind}-{checkpoint}-seed{seed}{suffix}.png"
-    with run.sampling():
-        if interpolate:
-            if not hasattr(run.family, "interpolate") or run.info.kind != "image":
-                raise GenlabError(f"{run.cfg.model} on {run.info.name} does not support --interpolate")
-            rows = max(1, n // steps)
-            path = save_image_grid(run.family.interpolate(rows, steps, seeded(seed)), out, nrow=steps)
-        elif reconstruct:
-            if not hasattr(run.family, "reconstruct") or run.info.kind != "image":
-                raise GenlabError(f"{run.cfg.model} on {run.info.name} does not support --reconstruct")
-            import torch
-
-            from .eval.reference import data_config_for, load_real
-
-            x = load_real(data_config_for(run.cfg.data), "test", n, seed)[0]  # seeded; binarized if the run is
-            pairs = torch.stack([x.float() / 255, run.family.reconstruct(x).cpu().float()], 1).flatten(0, 1)
-            cols = max(1, int(n ** 0.5))  # each input beside its reconstruction, `cols` pairs per row
-            path = save_image_grid(pairs, out, nrow=2 * cols)
-        else:
-            path = save_samples(run.family.sample(n, seeded(seed), **extra), run.info, out, title=f"{run.cfg.model} step {run.step}")
+    if interpolate or reconstruct:
+        images, nrow = (sampling.interpolations(run, n, steps, seed) if interpolate
+                        else sampling.reconstructions(run, n, seed))
+        path = save_image_grid(images, out, nrow=nrow)
+    else:
+        path = save_samples(sampling.samples(run, n, seed, options), run.info, out, title=f"{run.cfg.model} step {run.step}")
     typer.echo(f"wrote {path}")
 
 
@@ -204,8 +157,8 @@ def _describe_model(name: str) -> str:
     return f"{name:<16} {desc}".rstrip()
 
 
-# Commands defined beside the subsystems they drive register themselves on `app`.
-from . import cli_compare, cli_diagnose, cli_eval, cli_translate  # noqa: E402,F401
+for _module in (cli_eval, cli_diagnose, cli_compare, cli_translate):
+    _module.register(app)
 
 
 def main() -> None:

@@ -6,14 +6,11 @@ from typing import List, Optional
 
 import typer
 
-from .cli import app, single_process, user_errors
+from .cli_common import single_process, user_errors
 
 _SUFFIX_FORMAT = {".html": "html", ".htm": "html", ".md": "md", ".markdown": "md", ".csv": "csv", ".json": "json"}
 
 
-@app.command()
-@user_errors
-@single_process
 def compare(
     run_dirs: List[str] = typer.Argument(..., help="Run directories, glob patterns (quoted: 'runs/gan-*') "
                                                    "or parents of runs (e.g. runs)."),
@@ -38,3 +35,7 @@ def compare(
     else:
         groups = f" in {len(table.groups)} comparability groups" if len(table.groups) > 1 else ""
         typer.echo(f"wrote {target} ({len(table.runs)} runs{groups})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(user_errors(single_process(compare)))

@@ -6,12 +6,9 @@ from typing import Optional
 
 import typer
 
-from .cli import app, single_process, user_errors
+from .cli_common import single_process, user_errors
 
 
-@app.command()
-@user_errors
-@single_process
 def diagnose(
     run_dir: Path = typer.Argument(..., help="A run directory written by `genlab train`."),
     n: Optional[int] = typer.Option(None, "-n", "--n", help="Generated samples (default: the published protocol's: "
@@ -33,3 +30,7 @@ def diagnose(
                f"n = {record['n']}, seed {seed}{ext}")
     typer.echo(format_table(record))
     typer.echo(f"wrote {where / OUT_FILE} and {', '.join(record['plots'])}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("diagnose")(user_errors(single_process(diagnose)))

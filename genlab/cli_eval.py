@@ -1,4 +1,4 @@
-"""CLI commands of the evaluation subsystem (eval, ref, evaluator); registered on genlab.cli.app."""
+"""CLI commands of the evaluation subsystem (eval, ref, evaluator train); `register(app)` adds them."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,8 @@ from typing import Optional
 
 import typer
 
-from .cli import app, single_process, user_errors
+from .cli_common import single_process, user_errors, with_sample_options
 from .errors import GenlabError
-
-evaluator_app = typer.Typer(no_args_is_help=True, help="genlab's own evaluator networks (feature extractors).")
-app.add_typer(evaluator_app, name="evaluator")
 
 
 def _err(msg: str) -> None:
@@ -24,12 +21,10 @@ def _features_line(record: dict, requested: str) -> str:
         "" if requested in ("auto", record["extractor"]) else f" [asked: {requested}]")
 
 
-@app.command("eval")
-@user_errors
 def eval_(
     run_dir: Optional[Path] = typer.Argument(None, help="A run directory written by `genlab train` (omit with --real-vs-real)."),
     n: int = typer.Option(10000, "-n", "--n", help="Generated samples; the reference uses as many real images (at most the split size). Compare FID only at equal n."),
-    metrics: str = typer.Option("fid,kid,is,pr,dc", help="Comma-separated subset of fid,kid,is,pr,dc, all, or none (NLL / reconstruction only)."),
+    metrics: str = typer.Option("auto", help="Sample metrics: auto (every one that applies), a comma-separated list (`genlab list measures`), or none (NLL / reconstruction only)."),
     n_test: Optional[int] = typer.Option(None, "--n-test", help="Real test images for NLL / bits/dim / reconstruction (default: --n)."),
     features: str = typer.Option("auto", help="Feature extractor: auto (genlab-mnist for 1x28x28, else inception), genlab-mnist, inception, genlab-DATASET."),
     ref: str = typer.Option("test", help="Reference split of the run's dataset: train | test."),
@@ -42,38 +37,31 @@ def eval_(
     data_root: Optional[Path] = typer.Option(None, help="With --real-vs-real: where torchvision datasets live."),
     save: bool = typer.Option(True, help="Append the record to RUN_DIR/eval.json and log it to RUN_DIR/tb."),
     as_json: bool = typer.Option(False, "--json", help="Print the full record as JSON instead of a table."),
+    sample_options: Optional[dict] = None,
 ):
-    """Measure sample quality (FID, KID, IS, precision/recall, density/coverage) from one feature pass."""
+    """Measure a run with every evaluation measure that applies: FID, KID, IS, precision/recall,
+    density/coverage from one feature pass; NLL / bits/dim; reconstruction; translation figures."""
     from . import parallel
     from .eval.evaluate import append_record, evaluate, format_table, log_tensorboard
     from .eval.evaluate import real_vs_real as floor
-    from .parallel import device_for as select_device
+    from .parallel import device_for
 
     if (run_dir is None) == (real_vs_real is None):
         raise GenlabError("give either RUN_DIR or --real-vs-real DATASET (not both)")
     if real_vs_real is not None:
-        dev = str(select_device(device))
         record = floor(real_vs_real, n, metrics, features, batch_size, seed, bootstrap,
-                              str(data_root) if data_root else "", dev, log=_err)
+                       str(data_root) if data_root else "", str(device_for(device)), log=_err)
         head = (f"real vs real: {real_vs_real} train subset vs test split, n = {record['n_fake']} / {record['n_real']} "
                 f"(reference: {record['reference_cache']})")
     else:
         from .runs import load_run
+        from .sampling import check_options
 
         run = load_run(run_dir, checkpoint, device)
-        record = evaluate(run, n, metrics, features, ref, batch_size, seed, bootstrap, log=_err, n_test=n_test)
-        if record["kind"] == "translation":
-            head = (f"{record['model']} {checkpoint} (step {record['step']}) on {record['dataset']} test: "
-                    f"n = {record['n_A']} A + {record['n_B']} B held-out images")
-        else:
-            head = f"{record['model']} {checkpoint} (step {record['step']})"
-            if "n_fake" in record:
-                head += (f" vs {record['ref_dataset']} {ref}: n_fake = {record['n_fake']}, n_real = "
-                         f"{record['n_real']} (reference: {record['reference_cache']})")
-            for key in ("n_nll", "n_recon"):
-                if key in record["metrics"]:
-                    head += f"; {record['metrics'][key]} {ref} images for NLL / reconstruction"
-                    break
+        options = check_options(run, sample_options or {})
+        record = evaluate(run, n, metrics, features, ref, batch_size, seed, bootstrap, log=_err, n_test=n_test,
+                          sample_options=options)
+        head = _head(record, checkpoint, ref)
     if not parallel.is_main():  # under torchrun every rank holds the record; rank 0 reports it
         return
     if as_json:
@@ -90,9 +78,20 @@ def eval_(
             typer.echo(f"wrote {path}")
 
 
-@app.command()
-@user_errors
-@single_process
+def _head(record: dict, checkpoint: str, ref: str) -> str:
+    """One line: what was measured on what (sample counts, held-out images)."""
+    head = f"{record['model']} {checkpoint} (step {record['step']})"
+    if "n_A" in record:
+        return f"{head} on {record['dataset']} test: n = {record['n_A']} A + {record['n_B']} B held-out images"
+    if "n_real" in record:
+        head += (f" vs {record['ref_dataset']} {ref}: n_fake = {record['n_fake']}, n_real = "
+                 f"{record['n_real']} (reference: {record['reference_cache']})")
+    for key in ("n_nll", "n_recon"):
+        if key in record["metrics"]:
+            return head + f"; {record['metrics'][key]} {ref} images for NLL / reconstruction"
+    return head
+
+
 def ref(
     dataset: str = typer.Argument(..., help="Dataset name (see `genlab list datasets`), or folder:PATH."),
     split: str = typer.Option("test", help="train | test."),
@@ -121,9 +120,6 @@ def ref(
     typer.echo(f"{dataset} {split}: n = {r.n}, {r.status} -> {r.path}")
 
 
-@evaluator_app.command("train")
-@user_errors
-@single_process
 def evaluator_train(
     dataset: str = typer.Argument(..., help="A labelled image dataset, e.g. mnist, fashion-mnist, cifar10."),
     epochs: int = typer.Option(5, help="Passes over the training split."),
@@ -156,3 +152,11 @@ def evaluator_train(
         typer.echo(f"use it with --features {out.stem}")
     else:
         typer.echo(f"to use it as --features {out.stem}, copy both files to {user_evaluator_dir()}/")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(user_errors(with_sample_options(eval_)))
+    app.command("ref")(user_errors(single_process(ref)))
+    evaluator_app = typer.Typer(no_args_is_help=True, help="genlab's own evaluator networks (feature extractors).")
+    evaluator_app.command("train")(user_errors(single_process(evaluator_train)))
+    app.add_typer(evaluator_app, name="evaluator")

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 import typer
 
-from .cli import app, single_process, user_errors
+from .cli_common import single_process, user_errors
 from .errors import GenlabError
 
 
@@ -35,9 +35,6 @@ def _inputs(run, direction: str, source: Optional[str], n: int) -> tuple[torch.T
     return x[:n].float().div(255), where
 
 
-@app.command()
-@user_errors
-@single_process
 def translate(
     run_dir: Path = typer.Argument(..., help="A run directory of a translation model (e.g. cyclegan)."),
     direction: str = typer.Option(..., "--direction", "-d", help="AtoB or BtoA."),
@@ -58,7 +55,7 @@ def translate(
     if n < 1:
         raise GenlabError(f"-n must be at least 1, got {n}")
     run = load_run(run_dir, checkpoint, device)
-    if not hasattr(run.family, "translate"):
+    if "translate" not in run.family.capabilities:
         raise GenlabError(f"{run.cfg.model} ({run.cfg.family}) does not translate images; train e.g. cyclegan")
     x, where = _inputs(run, direction, input, n)
     with run.sampling():
@@ -70,3 +67,7 @@ def translate(
     pairs = torch.cat([x, y], dim=-1)  # each cell: input | translation
     grid = save_image_grid(pairs, out / "grid.png", nrow=max(1, int(len(pairs) ** 0.5)))
     typer.echo(f"translated {len(y)} images ({where}, {direction}) -> {out}/ (grid: {grid})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("translate")(user_errors(single_process(translate)))

@@ -20,11 +20,9 @@ from typing import Any
 import yaml
 
 from . import registry
-from .errors import GenlabError
+from .errors import ConfigError  # re-exported: callers import it from here
 
 
-class ConfigError(GenlabError, ValueError):
-    """A bad config key or value; the message is one line meant for the user."""
 
 
 def option(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
@@ -152,10 +150,7 @@ def build(layers: list[dict]) -> RunConfig:
     family = "gan"
     for layer in layers:
         family = layer.get("family", family)
-    try:
-        opts_cls = family_options_class(family)
-    except registry.RegistryError as e:
-        raise ConfigError(str(e)) from None
+    opts_cls = family_options_class(family)
     merged = RunConfig(options=opts_cls()).to_dict()
     for layer in layers:
         _merge(merged, layer, schema=_schema(RunConfig, family, opts_cls), path="")

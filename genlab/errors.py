@@ -5,6 +5,10 @@ class GenlabError(Exception):
     """Base class for errors caused by the user's input (config, data, checkpoints, runs)."""
 
 
+class ConfigError(GenlabError, ValueError):
+    """A bad config key or value, or parts that do not fit together; one line meant for the user."""
+
+
 class CheckpointError(GenlabError):
     """A checkpoint is missing, corrupt, foreign, or belongs to another model."""
 

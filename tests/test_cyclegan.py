@@ -200,6 +200,8 @@ class _InvertingTranslator:
     """A perfect 'translator' for the colours of mnist-pair: both directions invert the image."""
 
     domain_shape = (1, 28, 28)
+    capabilities = frozenset({"translate"})
+    device = torch.device("cpu")
 
     def translate(self, x, direction):
         assert direction in ("AtoB", "BtoA")
@@ -209,13 +211,17 @@ class _InvertingTranslator:
 def test_cyclegan_metrics_on_an_exact_inverter():
     from types import SimpleNamespace
 
-    from genlab.eval.cyclegan_metrics import cyclegan_metrics
+    import contextlib
+
+    from genlab.data import DataInfo
+    from genlab.eval.evaluate import evaluate
     from genlab.eval.evaluator import find_weights
 
     if find_weights("genlab-mnist") is None:
         pytest.skip("genlab-mnist evaluator weights not present")
-    run = SimpleNamespace(cfg=C.resolve("cyclegan"), family=_InvertingTranslator(), step=7, checkpoint="last")
-    record = cyclegan_metrics(run, n=300, seed=0)
+    run = SimpleNamespace(cfg=C.resolve("cyclegan"), family=_InvertingTranslator(), step=7, checkpoint="last",
+                          info=DataInfo("mnist-pair", "image", (1, 28, 56)), sampling=contextlib.nullcontext)
+    record = evaluate(run, n=300, seed=0)  # the one evaluation path: the translation measure applies
     assert record["n_A"] == record["n_B"] == 300 and record["split"] == "test"
     assert record["extractor"] == "genlab-mnist" and record["extractor_fingerprint"] and record["extractor_auto"]
     m = record["metrics"]

@@ -33,7 +33,7 @@ def test_cli_diagnose_writes_json_and_png(ring8_run):
     result = CliRunner().invoke(app, ["diagnose", str(ring8_run), "--n", "400", "--seed", "3", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "modes captured" in result.output and "/ 8" in result.output
-    record = json.loads((ring8_run / "diagnostics.json").read_text())  # strict JSON (inf -> "inf")
+    record = json.loads((ring8_run / "diagnostics.json").read_text())[-1]  # strict JSON (inf -> "inf"), newest last
     assert (record["n"], record["seed"], record["checkpoint"], record["step"]) == (400, 3, "last", 3)
     assert record["extractor"] is None and record["dataset"] == "ring8"
     mix = record["diagnostics"]["mixture"]
@@ -54,7 +54,7 @@ class _FakeRun:
         self.run_dir, self.checkpoint, self.step = run_dir, "last", 7
         self.cfg = SimpleNamespace(model="fake", family="fake")
         self.info = DataInfo("ring8", "points", (2,), 8, modes=mixture_centres("ring8"), mode_std=0.01)
-        self.family = SimpleNamespace(sample=self.sample, device="cpu")
+        self.family = SimpleNamespace(sample=self.sample, device="cpu", capabilities=frozenset({"sample"}))
         self.collapsed = collapsed
 
     def sample(self, n, generator=None):
@@ -87,8 +87,9 @@ class _FakeTrainer:
     def __init__(self, run_dir):
         self.run = _FakeRun(run_dir)
         self.info, self.device, self.run_dir, self.data = self.run.info, torch.device("cpu"), run_dir, None
+        self.cfg, self.step = self.run.cfg, 0
         self.net = torch.nn.Linear(2, 2).train()
-        self.family = SimpleNamespace(sample=self.sample, G=self.net)
+        self.family = SimpleNamespace(sample=self.sample, G=self.net, capabilities=frozenset({"sample"}))
 
     def sample(self, n, generator=None):
         self.net.eval()  # a careless family: the hook must restore the mode

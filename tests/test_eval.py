@@ -93,6 +93,8 @@ def test_real_vs_real_floor_is_small():
 class UniformFamily:
     """A fake family: uniform noise images, and the log-likelihood of the uniform 256-level model."""
     device = torch.device("cpu")
+    capabilities = frozenset({"sample", "log_likelihood"})
+    sample_options = ()
 
     def sample(self, n, generator=None):
         return torch.rand((n, 1, 28, 28), generator=generator)
@@ -116,6 +118,7 @@ def test_evaluate_likelihood_hook_gives_bits_per_dim(tmp_path):
 
 class GreyReconstructor(UniformFamily):
     """A fake 'autoencoder' whose reconstruction is mid-grey whatever the input."""
+    capabilities = UniformFamily.capabilities | {"reconstruct"}
 
     def reconstruct(self, x):
         assert x.dtype == torch.uint8
@@ -143,7 +146,8 @@ def test_metrics_none_scores_test_images_only_and_n_test_is_separate(tmp_path):
     rec = evaluate(run, n=50, metrics="none", n_test=120, log=lambda m: None)
     assert rec["metrics"]["n_nll"] == rec["metrics"]["n_recon"] == 120
     assert "fid" not in rec["metrics"] and "extractor" not in rec and rec["test_split"] == "test"
-    gan = _fake_run(tmp_path, object(), DataInfo("mnist", "image", (1, 28, 28), 10))
+    sampler_only = type("SamplerOnly", (), {"capabilities": frozenset({"sample"}), "device": torch.device("cpu")})()
+    gan = _fake_run(tmp_path, sampler_only, DataInfo("mnist", "image", (1, 28, 28), 10))
     with pytest.raises(GenlabError, match="nothing to measure"):
         evaluate(gan, n=50, metrics="none")
 

@@ -9,8 +9,9 @@ mnist (bundled), fashion-mnist, cifar10, svhn (torchvision), folder:PATH, ring8,
 """
 from . import folder, mnist, pairs, stacked, toy  # noqa: F401  (imported for their registrations)
 from .base import (BatchSampler, DataError, DataInfo, Dataset, Shard, available_datasets, load_dataset,
-                   make_sampler, resize_images)
+                   resize_images)
 from .folder import StreamingSampler, load_image_dir
+from .sampling import make_sampler
 from .toy import MIXTURE_STD, mixture_centres
 
 __all__ = ["BatchSampler", "DataError", "DataInfo", "Dataset", "MIXTURE_STD", "Shard", "StreamingSampler",

@@ -42,6 +42,22 @@ class DataInfo:
     binarized: bool = False  # images are {0,255} Bernoulli samples (dynamic binarisation)
     modes: torch.Tensor | None = None  # toy mixtures: (K, 2) mode centres
     mode_std: float = 0.0
+    # what measures may rely on, declared by the dataset's registration (`traits=(...)`): e.g.
+    # "mode-centres" (ring8, grid25), "stacked-digits" (stacked-mnist); () -> the dataset's own
+    traits: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.traits:
+            self.traits = dataset_traits(self.name)
+        self.traits = tuple(self.traits)
+
+
+def dataset_traits(name: str) -> tuple[str, ...]:
+    """The traits the dataset `name` declares at registration (() for unknown names)."""
+    base = split_name(name)[0]
+    if base not in registry.available("dataset"):
+        return ()
+    return tuple(getattr(registry.get("dataset", base), "traits", ()))  # declared at registration, if any
 
 
 @dataclass
@@ -94,7 +110,7 @@ def load_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
     base, arg = split_name(cfg.name)
     try:
         loader = registry.get("dataset", base)
-    except registry.RegistryError as e:
+    except registry.RegistryError as e:  # an unknown dataset is reported as a data problem
         raise DataError(str(e)) from None
     data = loader(cfg, split, arg)
     info = data.info
@@ -246,21 +262,3 @@ class BatchSampler:
         self.generator.set_state(state["generator"].cpu())
         self.perm = state["perm"].cpu().long()
         self.pos, self.epoch = int(state["pos"]), int(state["epoch"])
-
-
-def make_sampler(cfg: DataConfig, data: Dataset | None, batch_size: int, seed: int,
-                 device: torch.device | str = "cpu", split: str = "train",
-                 num_workers: int | None = None, shard: Shard = Shard()) -> BatchSampler:
-    """The one call the trainer needs: a `BatchSampler` over `data` (loaded from cfg if None),
-    or, for `folder:` data with `cfg.streaming`, a `StreamingSampler` that decodes per batch
-    (`data` is then ignored; nothing is decoded up front). `batch_size` is the global batch."""
-    if cfg.streaming:
-        base, arg = split_name(cfg.name)
-        if base != "folder":
-            raise DataError(f"data.streaming is only supported for folder: datasets, not {cfg.name!r}")
-        from .folder import StreamingSampler  # local: folder imports this module
-
-        return StreamingSampler.from_config(cfg, split, batch_size, seed, device, num_workers, shard)
-    if data is None:
-        data = load_dataset(cfg, split)
-    return BatchSampler(data, batch_size, seed, device, shard)

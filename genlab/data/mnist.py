@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import paths
 from ..config import DataConfig
 from ..registry import register
 from .base import DataError, DataInfo, Dataset
@@ -114,8 +115,7 @@ def mnist(cfg: DataConfig, split: str, arg: str) -> Dataset:
 
 def data_root(cfg: DataConfig) -> Path:
     """cfg.root, else $GENLAB_DATA, else ~/.cache/genlab/data."""
-    root = cfg.root or os.environ.get("GENLAB_DATA") or "~/.cache/genlab/data"
-    return Path(root).expanduser()
+    return paths.data_root(cfg.root)
 
 
 def _torchvision(name: str, build, root: Path, expected: str):

@@ -35,7 +35,7 @@ def stack_digits(x: torch.Tensor, y: torch.Tensor, n: int, generator: torch.Gene
     return images.contiguous(), (y[idx] * weights).sum(1)
 
 
-@register("dataset", "stacked-mnist")
+@register("dataset", "stacked-mnist", traits=("stacked-digits",))
 def stacked_mnist(cfg: DataConfig, split: str, arg: str) -> Dataset:
     """Three independent MNIST digits as RGB channels; 1,000 modes; deterministic from data.seed."""
     if arg:

@@ -64,4 +64,4 @@ def _loader(name: str):
 
 
 for _name in MIXTURE_STD:
-    register("dataset", _name, _loader(_name))
+    register("dataset", _name, _loader(_name), traits=("mode-centres",))

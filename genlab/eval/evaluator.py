@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import save_atomic
 from ..errors import GenlabError
+from ..paths import evaluators_dir
 
 FORMAT = "genlab-evaluator"
 VERSION = 1
@@ -62,9 +63,7 @@ def evaluator_name(dataset: str) -> str:
 
 
 def user_evaluator_dir() -> Path:
-    from .features import cache_root
-
-    return cache_root() / "evaluators"
+    return evaluators_dir()
 
 
 def find_weights(name: str) -> Path | None:

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from .. import registry
 from ..errors import GenlabError
+from ..paths import evaluators_dir
 from .evaluator import evaluator_name, find_weights, load_evaluator, sha256_file
 
 FINGERPRINT_CHARS = 16
@@ -41,11 +42,6 @@ FINGERPRINT_CHARS = 16
 # the error message when torch-fidelity itself is missing, otherwise read from the installed package.
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")
-
-
-def cache_root() -> Path:
-    """genlab's cache directory: $GENLAB_CACHE, else ~/.cache/genlab."""
-    return Path(os.environ.get("GENLAB_CACHE") or Path.home() / ".cache" / "genlab")
 
 
 class Extractor:
@@ -203,7 +199,7 @@ def _genlab_factory(name: str):
         path = find_weights(name)
         if path is None:
             raise GenlabError(f"weights of the {name} evaluator are missing (expected {name}.pt in genlab/eval/weights "
-                              f"or {cache_root() / 'evaluators'}); reinstall genlab or run "
+                              f"or {evaluators_dir()}); reinstall genlab or run "
                               f"`genlab evaluator train {name.removeprefix('genlab-')}`")
         return GenlabExtractor(name, path, device)
     return make
@@ -214,7 +210,7 @@ registry.register("features", "inception", InceptionExtractor)
 
 
 def user_evaluators() -> list[str]:
-    folder = cache_root() / "evaluators"
+    folder = evaluators_dir()
     return sorted(p.stem for p in folder.glob("genlab-*.pt")) if folder.is_dir() else []
 
 

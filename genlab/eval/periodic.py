@@ -15,57 +15,35 @@ them), and every nn.Module of the family is put back in the train/eval mode it w
 """
 from __future__ import annotations
 
-import contextlib
-
-import torch
-
-from .. import parallel
 from ..config import RunConfig
-from .evaluate import _on, parse_metrics, sample_features
-from .features import get_extractor, resolve_extractor
-from .metrics import compute_all
-from .reference import data_config_for, get_reference
+from .context import EvalContext, TrainerView, forked_rng, preserved_modes
+from .evaluate import parse_metrics
+from .measures import select
 
 EVAL_SEED_OFFSET = 2_000_003  # periodic-eval noise, independent of training and of the sample grids
 
 
-@contextlib.contextmanager
-def preserved_modes(family):
-    """Restore the .training flag of every module reachable from the family's attributes."""
-    modules = [m for v in vars(family).values() if isinstance(v, torch.nn.Module) for m in v.modules()]
-    modes = [m.training for m in modules]
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.training = mode
-
-
-def _forked_rng(device: torch.device):
-    devices = [device] if device.type == "cuda" else []
-    return torch.random.fork_rng(devices=devices)
-
-
 def eval_hook(cfg: RunConfig):
-    """A periodic evaluation function for the trainer (see module docstring)."""
-    metrics = parse_metrics(cfg.eval.metrics)
-    data_cfg = data_config_for(cfg.data)
+    """A periodic evaluation function for the trainer (see module docstring): the sample metrics named
+    in eval.metrics, on eval.n samples of fixed noise; the extractor and reference load once per run."""
+    requested = parse_metrics(cfg.eval.metrics)
     state: dict = {}
 
     def fn(trainer, step: int) -> dict:
-        with _forked_rng(torch.device(trainer.device)), preserved_modes(trainer.family):
-            if not state:  # first call: pick the extractor and load the reference once per run
-                name, _ = resolve_extractor(cfg.eval.features, trainer.info)
-                state["ext"] = get_extractor(name, trainer.device)
-                state["ref"] = parallel.on_main(get_reference, data_cfg, cfg.eval.ref, cfg.eval.n, state["ext"],
-                                                batch_size=cfg.eval.batch_size)
-            ext, ref = state["ext"], state["ref"]
-            with trainer.sampling_context():
-                fake, probs = sample_features(trainer.family.sample, cfg.eval.n, ext, cfg.eval.batch_size,
-                                              cfg.seed + EVAL_SEED_OFFSET, trainer.info.shape,
-                                              keep_probs="is" in metrics)
-            # KID subsets of at most n (a smaller cfg.eval.n would otherwise warn at every evaluation)
-            return parallel.on_main(lambda: compute_all(*_on(trainer.device, ref.features, fake, probs), metrics,
-                                                        seed=cfg.seed, kid_subset_size=min(1000, ref.n, fake.shape[0])))
+        chosen = [m for m in select("eval", trainer.info, trainer.family.capabilities, requested) if m.selectable]
+        if not chosen:
+            return {}
+        with forked_rng(trainer.device), preserved_modes(trainer.family):
+            # KID subsets of at most n (a smaller eval.n would otherwise warn at every evaluation)
+            ctx = EvalContext(TrainerView(trainer), cfg.eval.n, cfg.seed + EVAL_SEED_OFFSET, cfg.eval.batch_size,
+                              cfg.eval.features, cfg.eval.ref, extractor=state.get("ext"),
+                              reference=state.get("ref"), log=lambda m: None)
+            ctx.sample_metric_names = tuple(m.name for m in chosen)
+            ctx.want_probs = any(m.uses_probs for m in chosen)
+            values = {}
+            for m in chosen:
+                values.update(m.compute(ctx))
+            state["ext"], state["ref"] = ctx.extractor, ctx.reference
+        return values
 
     return fn

@@ -30,7 +30,8 @@ from torch import Tensor
 from ..checkpoint import save_atomic
 from ..config import DataConfig
 from ..errors import GenlabError
-from .features import Extractor, cache_root
+from ..paths import reference_dir
+from .features import Extractor
 from .metrics import RunningStats
 
 FORMAT = "genlab-ref"
@@ -58,7 +59,7 @@ class Reference:
 
 
 def ref_dir() -> Path:
-    return cache_root() / "ref"
+    return reference_dir()
 
 
 def _safe(s: str) -> str:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..config import ConfigError, OptimConfig
 from ..parallel import prepare_module
-from ..registry import RegistryError, get, register
+from ..registry import register, require
 from .base import FamilyBase, Update, bits_per_dim, eval_mode
 
 
@@ -50,16 +50,14 @@ def targets_to_unit(t: Tensor, values: int) -> Tensor:
 @register("family", "autoregressive")
 class AutoregressiveFamily(FamilyBase):
     Options = AutoregressiveOptions
+    capabilities = frozenset({"sample", "log_likelihood"})
 
     def __init__(self, cfg, info, device: torch.device):
         o: AutoregressiveOptions = cfg.options
         self.opts, self.info, self.device = o, info, device
         self.values = n_values(info)
         classes = info.num_classes if o.class_conditional else 0
-        try:
-            net_cls = get("net", o.net)
-        except RegistryError as e:
-            raise ConfigError(str(e)) from None
+        net_cls = require("net", o.net, "autoregressive.net", role="autoregressive")
         net = net_cls(colours=info.shape[0], n_values=self.values, width=o.width, layers=o.layers,
                       first_kernel=o.first_kernel, num_classes=classes)
         self.net, self.net_train = prepare_module(net, cfg.train, device)

@@ -7,6 +7,11 @@ A family owns its nets, optimizers and update schedule. The trainer and every co
     state_dict() / load_state_dict(state)
     device                  where its nets live
     ema_modules             every module whose weights sampling uses (averaged when train.ema_decay > 0)
+    capabilities            what it can do beyond training: sample (unconditional samples of the data
+                            distribution, for the sample metrics), log_likelihood, reconstruct, encode,
+                            interpolate, translate, codebook; each names a method it has
+    sample_options          keyword options of `sample` (SampleOption: name, type, help), which become
+                            `genlab sample / eval` options with no edit to the CLI
     batches_per_step        real batches consumed per step (e.g. GAN n_critic); default 1
     rank_local_state        state_dict entries that differ between ranks (CycleGAN's history pools):
                             the trainer saves every rank's copy and gives each rank its own on resume
@@ -22,6 +27,7 @@ torch.compile), and every optimizer step goes through `Update` (fp16 loss scalin
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable, Protocol
 
 import torch
@@ -35,6 +41,8 @@ class Family(Protocol):
     Options: type
     device: torch.device
     ema_modules: list[nn.Module]
+    capabilities: frozenset[str]
+    sample_options: tuple[SampleOption, ...]
     batches_per_step: int
     rank_local_state: tuple[str, ...]
 
@@ -47,9 +55,31 @@ class Family(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+@dataclass(frozen=True)
+class SampleOption:
+    """A keyword option of a family's `sample` (e.g. temperature), declared so the CLI can offer it."""
+    name: str
+    type: type
+    help: str
+
+    def convert(self, value):
+        try:
+            return self.type(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--{self.name.replace('_', '-')}: expected {self.type.__name__}, got {value!r}") from None
+
+
+# capability -> the method a family that declares it must have (checked by the contract tests)
+CAPABILITY_METHODS = {"sample": "sample", "log_likelihood": "log_likelihood", "reconstruct": "reconstruct",
+                      "encode": "encode", "interpolate": "interpolate", "translate": "translate",
+                      "codebook": "codebook_stats"}
+
+
 class FamilyBase:
     """Defaults of the optional parts of the contract; families subclass it."""
 
+    capabilities: frozenset[str] = frozenset()
+    sample_options: tuple[SampleOption, ...] = ()
     batches_per_step: int = 1
     rank_local_state: tuple[str, ...] = ()
     device: torch.device

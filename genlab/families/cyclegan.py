@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ..config import ConfigError, OptimConfig, RunConfig
 from ..losses import build_loss
 from ..parallel import prepare_module
-from ..registry import RegistryError, get, register
+from ..registry import register, require
 from .base import FamilyBase, Update, eval_mode, to_signed
 
 DIRECTIONS = ("AtoB", "BtoA")
@@ -112,16 +112,10 @@ def linear_decay(step: int, total: int, decay_start: float) -> float:
     return max(0.0, 1.0 - (step - start) / (total - start))
 
 
-def _net(name: str) -> type:
-    try:
-        return get("net", name)
-    except RegistryError as e:
-        raise ConfigError(str(e)) from None
-
-
 @register("family", "cyclegan")
 class CycleGANFamily(FamilyBase):
     Options = CycleGANOptions
+    capabilities = frozenset({"translate"})  # sample() gives [a | G_AB(a)] pairs for grids, not data samples
     rank_local_state = ("pool_A", "pool_B")
 
     def __init__(self, cfg: RunConfig, info, device: torch.device):
@@ -132,7 +126,9 @@ class CycleGANFamily(FamilyBase):
         self.opts, self.info, self.device, self.total_steps = o, info, device, cfg.train.steps
         c, h, w2 = info.shape
         self.domain_shape = (c, h, w2 // 2)
-        G, D = _net(o.generator), _net(o.discriminator)
+        G = require("net", o.generator, "cyclegan.generator", role="translator", data="image")
+        D = require("net", o.discriminator, "cyclegan.discriminator", role="discriminator", data="image")
+        self.loss = build_loss(o.loss, o.loss_args, o.discriminator, D.output)
 
         def generator():
             return prepare_module(G(self.domain_shape, width=o.g_width, norm=o.g_norm, n_blocks=o.n_blocks),
@@ -144,7 +140,6 @@ class CycleGANFamily(FamilyBase):
 
         (self.G_AB, self.G_AB_train), (self.G_BA, self.G_BA_train) = generator(), generator()
         (self.D_A, self.D_A_train), (self.D_B, self.D_B_train) = discriminator(), discriminator()
-        self.loss = build_loss(o.loss, o.loss_args)
         self.opt_g = Update([*self.G_AB.parameters(), *self.G_BA.parameters()], o.g_optim, cfg.train, device)
         self.opt_d = Update([*self.D_A.parameters(), *self.D_B.parameters()], o.d_optim, cfg.train, device)
         self.pool_A, self.pool_B = ImagePool(o.pool_size, cfg.seed + 1), ImagePool(o.pool_size, cfg.seed + 2)

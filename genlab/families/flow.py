@@ -33,8 +33,8 @@ from ..config import ConfigError, OptimConfig
 from ..nets.flow_models import flow_log_prob
 from ..nets.flows import Preprocess
 from ..parallel import prepare_module, shared_rand
-from ..registry import RegistryError, get, register
-from .base import FamilyBase, Update, bits_per_dim, eval_mode, in_batches, randn
+from ..registry import register, require
+from .base import FamilyBase, SampleOption, Update, bits_per_dim, eval_mode, in_batches, randn
 
 NLL_NOISE_SEED = 0  # log_likelihood draws its dequantisation noise from this seed: repeatable evals
 
@@ -71,6 +71,9 @@ def discretization_nats(dims: int, n_bits: int) -> float:
 @register("family", "flow")
 class FlowFamily(FamilyBase):
     Options = FlowOptions
+    capabilities = frozenset({"sample", "log_likelihood"})
+    sample_options = (SampleOption("temperature", float, "Sampling temperature: scale of the latent noise, "
+                                                        "e.g. 0.7 (default: flow.temperature)"),)
 
     def __init__(self, cfg, info, device: torch.device):
         o: FlowOptions = cfg.options
@@ -84,13 +87,13 @@ class FlowFamily(FamilyBase):
         if o.temperature < 0:
             raise ConfigError(f"flow.temperature must be >= 0, got {o.temperature}")
         self.opts, self.info, self.device = o, info, device
+        net_fn = require("net", o.net, "flow.net", role="flow")
         try:
-            net_fn = get("net", o.net)
             self.pre = Preprocess(o.logit_alpha)
             scale = {"scale": o.coupling_scale} if o.coupling_scale else {}
             model = net_fn(tuple(info.shape), levels=o.levels, depth=o.depth, hidden=o.hidden,
                            res_blocks=o.res_blocks, **scale)
-        except (RegistryError, ValueError) as e:
+        except ValueError as e:
             raise ConfigError(f"flow: {e}") from None
         self.model, self.model_train = prepare_module(model, cfg.train, device)
         self.opt = Update(self.model.parameters(), o.optim, cfg.train, device, clip=o.grad_clip,

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..config import ConfigError, OptimConfig, RunConfig
+from ..config import OptimConfig, RunConfig
 from ..losses import build_loss, build_regularizers
 from ..parallel import prepare_module, shared_randn
-from ..registry import RegistryError, get, register
+from ..registry import register, require
 from .base import FamilyBase, Update, eval_mode, in_batches, randn, to_signed
 
 
@@ -37,13 +37,12 @@ class GANOptions:
     d_optim: OptimConfig = field(default_factory=OptimConfig)
 
 
-def _net(name: str, auto: str, info) -> type:
+def _net(name: str, role: str, info, what: str) -> tuple[str, type]:
+    """The registered net `name` (auto: DCGAN nets for images, MLPs for points), checked to play
+    `role` on this kind of data."""
     if name == "auto":
-        name = f"{'dcgan' if info.kind == 'image' else 'mlp'}-{auto}"
-    try:
-        return get("net", name)
-    except RegistryError as e:
-        raise ConfigError(str(e)) from None
+        name = f"{'dcgan' if info.kind == 'image' else 'mlp'}-{role[0]}"
+    return name, require("net", name, what, role=role, data=info.kind)
 
 
 def _score_logs(key: str, out) -> dict[str, Tensor]:
@@ -56,17 +55,21 @@ def _score_logs(key: str, out) -> dict[str, Tensor]:
 @register("family", "gan")
 class GANFamily(FamilyBase):
     Options = GANOptions
+    capabilities = frozenset({"sample", "interpolate"})
 
     def __init__(self, cfg: RunConfig, info, device: torch.device):
         o: GANOptions = cfg.options
         self.opts, self.info, self.device = o, info, device
         shape = tuple(info.shape)
-        G = _net(o.generator, "g", info)(shape, latent_dim=o.latent_dim, width=o.g_width, norm=o.g_norm)
-        D = _net(o.discriminator, "d", info)(shape, width=o.d_width, norm=o.d_norm, spectral_norm=o.spectral_norm)
+        _, G = _net(o.generator, "generator", info, "gan.generator")
+        d_name, D = _net(o.discriminator, "discriminator", info, "gan.discriminator")
+        # the loss and every regularizer must take what this discriminator returns
+        self.loss = build_loss(o.loss, o.loss_args, d_name, D.output)
+        self.regularizers = build_regularizers(o.regularizers, d_name, D.output)
+        G = G(shape, latent_dim=o.latent_dim, width=o.g_width, norm=o.g_norm)
+        D = D(shape, width=o.d_width, norm=o.d_norm, spectral_norm=o.spectral_norm)
         self.G, self.G_train = prepare_module(G, cfg.train, device)
         self.D, self.D_train = prepare_module(D, cfg.train, device)
-        self.loss = build_loss(o.loss, o.loss_args)
-        self.regularizers = build_regularizers(o.regularizers)
         self.opt_g = Update(self.G.parameters(), o.g_optim, cfg.train, device)
         self.opt_d = Update(self.D.parameters(), o.d_optim, cfg.train, device)
         self.batches_per_step = o.n_critic

@@ -63,6 +63,7 @@ def log_normal(z: Tensor, mean: Tensor | float = 0.0, logvar: Tensor | float = 0
 @register("family", "vae")
 class VAEFamily(FamilyBase):
     Options = VAEOptions
+    capabilities = frozenset({"sample", "log_likelihood", "reconstruct", "encode", "interpolate"})
 
     def __init__(self, cfg, info, device: torch.device):
         o: VAEOptions = cfg.options

@@ -36,7 +36,7 @@ from ..config import ConfigError, OptimConfig
 from ..nets.quantizer import Quantized, VectorQuantizer, perplexity
 from ..nets.vae import VQDecoder, VQEncoder
 from ..parallel import prepare_module
-from ..registry import RegistryError, get, register
+from ..registry import register, require
 from .base import FamilyBase, Update, bits_per_dim, eval_mode, in_batches
 from .vae import load_test_images
 
@@ -75,6 +75,8 @@ class VQVAE(nn.Module):
 @register("family", "vqvae")
 class VQVAEFamily(FamilyBase):
     Options = VQVAEOptions
+    # sample(): the documented unigram fallback (see the module docstring); vqvae-prior samples for real
+    capabilities = frozenset({"sample", "reconstruct", "encode", "interpolate", "codebook"})
 
     def __init__(self, cfg, info, device: torch.device):
         o: VQVAEOptions = cfg.options
@@ -233,6 +235,7 @@ def load_vqvae(o: PriorOptions, cfg, info, device: torch.device) -> VQVAEFamily:
 @register("family", "prior")
 class PriorFamily(FamilyBase):
     Options = PriorOptions
+    capabilities = frozenset({"sample"})  # reconstruction is the first stage's, not the prior's
 
     def __init__(self, cfg, info, device: torch.device):
         o: PriorOptions = cfg.options
@@ -240,10 +243,7 @@ class PriorFamily(FamilyBase):
         self.vq = load_vqvae(o, cfg, info, device)
         self.vq.model.eval().requires_grad_(False)
         self.n_codes = self.vq.opts.n_codes
-        try:
-            net_cls = get("net", o.net)
-        except RegistryError as e:
-            raise ConfigError(str(e)) from None
+        net_cls = require("net", o.net, "prior.net", role="autoregressive")
         net = net_cls(colours=1, n_values=self.n_codes, width=o.width, layers=o.layers,
                       first_kernel=o.first_kernel, n_codes=self.n_codes)
         self.net, self.net_train = prepare_module(net, cfg.train, device)
@@ -277,9 +277,6 @@ class PriorFamily(FamilyBase):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return in_batches(lambda m: self.vq.decode_codes(self.sample_codes(m, generator)), n)
-
-    def reconstruct(self, x: Tensor) -> Tensor:
-        return self.vq.reconstruct(x)
 
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "vqvae": self.vq.model.state_dict()}

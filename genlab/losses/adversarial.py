@@ -7,7 +7,7 @@ from torch import Tensor
 from ..registry import register
 
 
-@register("loss", "non_saturating")
+@register("loss", "non_saturating", accepts=("score",))
 class NonSaturating:
     """Goodfellow et al. 2014: D minimises BCE; G maximises log D(G(z)) (non-saturating)."""
 
@@ -18,7 +18,7 @@ class NonSaturating:
         return F.softplus(-d_fake).mean()
 
 
-@register("loss", "wasserstein")
+@register("loss", "wasserstein", accepts=("score",))
 class Wasserstein:
     """Arjovsky et al. 2017 critic objective; pair with gradient_penalty for WGAN-GP."""
 
@@ -29,7 +29,7 @@ class Wasserstein:
         return -d_fake.mean()
 
 
-@register("loss", "hinge")
+@register("loss", "hinge", accepts=("score",))
 class Hinge:
     """Hinge loss (Lim & Ye 2017; Miyato et al. 2018 for SN-GAN)."""
 
@@ -40,7 +40,7 @@ class Hinge:
         return -d_fake.mean()
 
 
-@register("loss", "least_squares")
+@register("loss", "least_squares", accepts=("score",))
 class LeastSquares:
     """LSGAN (Mao et al. 2017): targets a for fake, b for real, c for what G wants fakes to be."""
 
@@ -67,7 +67,7 @@ def pulling_away(codes: Tensor) -> Tensor:
     return (cos2.sum() - cos2.diagonal().sum()) / (n * (n - 1))
 
 
-@register("loss", "energy")
+@register("loss", "energy", accepts=("energy",))
 class EnergyLoss:
     """EBGAN (Zhao et al. 2017). D returns an `Energy` (energy, code) per sample, energy >= 0.
 

@@ -10,9 +10,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfigError
 from ..parallel import shared_rand
-from ..registry import RegistryError, get, register
+from ..registry import register
 
 
 def input_gradient(output: Tensor, x: Tensor, scale: Callable[[Tensor], Tensor] | None) -> Tensor:
@@ -24,7 +23,7 @@ def input_gradient(output: Tensor, x: Tensor, scale: Callable[[Tensor], Tensor] 
     return grad / scale(torch.ones((), device=grad.device))
 
 
-@register("regularizer", "gradient_penalty")
+@register("regularizer", "gradient_penalty", accepts=("score",))
 class GradientPenalty:
     """WGAN-GP (Gulrajani et al. 2017): weight * E[(||grad D(x_hat)||_2 - target)^2] with
     x_hat = eps * real + (1 - eps) * fake and eps ~ U[0, 1] drawn once PER SAMPLE (not per pixel).
@@ -44,7 +43,7 @@ class GradientPenalty:
         return self.weight * ((norms - self.target) ** 2).mean()
 
 
-@register("regularizer", "r1")
+@register("regularizer", "r1", accepts=("score",))
 class R1Penalty:
     """R1 (Mescheder et al. 2018): weight/2 * E||grad D(real)||^2 on real data only."""
 
@@ -57,21 +56,3 @@ class R1Penalty:
         real = real.detach().requires_grad_(True)
         grad = input_gradient(D(real), real, scale)
         return 0.5 * self.weight * grad.flatten(1).pow(2).sum(1).mean()
-
-
-def build_regularizers(specs: list[dict]) -> list:
-    """[{name: gradient_penalty, weight: 10}] -> [GradientPenalty(weight=10)], with clear errors."""
-    out = []
-    for spec in specs:
-        spec = dict(spec)
-        name = spec.pop("name", None)
-        if name is None:
-            raise ConfigError(f"regularizer entry {spec!r} needs a 'name'")
-        try:
-            cls = get("regularizer", name)
-            out.append(cls(**spec))
-        except RegistryError as e:
-            raise ConfigError(str(e)) from None
-        except TypeError as e:
-            raise ConfigError(f"regularizer {name!r}: {e}") from None
-    return out

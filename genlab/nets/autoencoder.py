@@ -29,7 +29,7 @@ class Energy(NamedTuple):
     code: Tensor  # (n, d) flattened encoder output
 
 
-@register("net", "autoencoder-d")
+@register("net", "autoencoder-d", role="discriminator", data=("image", "points"), output="energy")
 class AutoencoderDiscriminator(nn.Module):
     def __init__(self, shape: tuple[int, int, int], width: int = 32, norm: str = "batch",
                  spectral_norm: bool = False):

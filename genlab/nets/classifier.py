@@ -25,7 +25,7 @@ def _block(cin: int, cout: int, convs: int) -> list[nn.Module]:
     return layers
 
 
-@register("net", "mnist-classifier")
+@register("net", "mnist-classifier", role="classifier", data=("image",))
 class EvaluatorCNN(nn.Module):
     """conv32 -> pool -> conv64 x2 -> pool -> conv128 -> avg pool to 2x2 -> fc(feature_dim) -> fc(classes).
 

@@ -50,7 +50,7 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
-@register("net", "cyclegan-g")
+@register("net", "cyclegan-g", role="translator", data=("image",))
 class CycleGANGenerator(nn.Module):
     """Image -> image of the same shape (C, H, W)."""
 
@@ -75,7 +75,7 @@ class CycleGANGenerator(nn.Module):
         return self.net(x)
 
 
-@register("net", "patchgan-d")
+@register("net", "patchgan-d", role="discriminator", data=("image",), output="score")
 class PatchGANDiscriminator(nn.Module):
     def __init__(self, shape: tuple[int, int, int], width: int = 64, norm: str = "instance", n_layers: int = 0,
                  spectral_norm: bool = False):

@@ -12,7 +12,7 @@ from ..registry import register
 from .common import apply_spectral_norm, make_norm, num_halvings
 
 
-@register("net", "dcgan-g")
+@register("net", "dcgan-g", role="generator", data=("image",))
 class DCGANGenerator(nn.Module):
     def __init__(self, shape: tuple[int, int, int], latent_dim: int = 100, width: int = 32,
                  norm: str = "batch"):
@@ -35,7 +35,7 @@ class DCGANGenerator(nn.Module):
         return torch.tanh(self.to_image(self.blocks(self.project(z))))
 
 
-@register("net", "dcgan-d")
+@register("net", "dcgan-d", role="discriminator", data=("image",), output="score")
 class DCGANDiscriminator(nn.Module):
     def __init__(self, shape: tuple[int, int, int], width: int = 32, norm: str = "batch",
                  spectral_norm: bool = False):

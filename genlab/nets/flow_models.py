@@ -105,7 +105,7 @@ def _split_shapes(c: int, h: int, w: int) -> tuple[int, tuple[int, int, int]]:
     return keep, (c - keep, h, w)
 
 
-@register("net", "glow")
+@register("net", "glow", role="flow", data=("image",))
 def glow(shape: tuple[int, int, int], levels: int = 2, depth: int = 8, hidden: int = 128,
          res_blocks: int = 0, scale: str = "sigmoid") -> MultiScaleFlow:
     _check_sides(shape, levels, "glow", levels)
@@ -127,7 +127,7 @@ def glow(shape: tuple[int, int, int], levels: int = 2, depth: int = 8, hidden: i
     return MultiScaleFlow(shape, built, LearnedPrior((c, h, w)), latents)
 
 
-@register("net", "realnvp")
+@register("net", "realnvp", role="flow", data=("image",))
 def realnvp(shape: tuple[int, int, int], levels: int = 2, depth: int = 3, hidden: int = 64,
             res_blocks: int = 2, scale: str = "tanh") -> MultiScaleFlow:
     _check_sides(shape, levels - 1, "realnvp", levels)

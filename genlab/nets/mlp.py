@@ -14,7 +14,7 @@ def _mlp(n_in: int, n_out: int, width: int, depth: int, act: type[nn.Module]) ->
     return nn.Sequential(*layers, nn.Linear(width if depth else n_in, n_out))
 
 
-@register("net", "mlp-g")
+@register("net", "mlp-g", role="generator", data=("points",))
 class MLPGenerator(nn.Module):
     def __init__(self, shape: tuple[int, ...], latent_dim: int = 2, width: int = 256, depth: int = 3,
                  norm: str = "none"):
@@ -25,7 +25,7 @@ class MLPGenerator(nn.Module):
         return self.net(z)
 
 
-@register("net", "mlp-d")
+@register("net", "mlp-d", role="discriminator", data=("points",), output="score")
 class MLPDiscriminator(nn.Module):
     def __init__(self, shape: tuple[int, ...], width: int = 256, depth: int = 3, norm: str = "none",
                  spectral_norm: bool = False):

@@ -97,7 +97,7 @@ class LogitsHead(nn.Sequential):
         return out.view(b, self.colours, self.n_values, hh, ww)
 
 
-@register("net", "pixelcnn")
+@register("net", "pixelcnn", role="autoregressive", data=("image",))
 class PixelCNN(nn.Module):
     def __init__(self, colours: int = 1, n_values: int = 256, width: int = 64, layers: int = 7,
                  first_kernel: int = 7, n_codes: int = 0, num_classes: int = 0):
@@ -156,7 +156,7 @@ class GatedLayer(nn.Module):
         return self._gate(v), h_out if self.first else h_out + h_in
 
 
-@register("net", "gated-pixelcnn")
+@register("net", "gated-pixelcnn", role="autoregressive", data=("image",))
 class GatedPixelCNN(nn.Module):
     def __init__(self, colours: int = 1, n_values: int = 256, width: int = 64, layers: int = 10,
                  first_kernel: int = 7, n_codes: int = 0, num_classes: int = 0):

@@ -51,7 +51,7 @@ def perplexity(counts: Tensor) -> float:
     return float(perplexity_tensor(counts))
 
 
-@register("net", "vector-quantizer")
+@register("net", "vector-quantizer", role="quantizer")
 class VectorQuantizer(nn.Module):
     def __init__(self, n_codes: int = 512, dim: int = 16, beta: float = 0.25, update: str = "ema",
                  decay: float = 0.99, eps: float = 1e-5, dead_steps: int = 100):

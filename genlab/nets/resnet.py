@@ -64,7 +64,7 @@ class DBlock(nn.Module):
         return h + s
 
 
-@register("net", "resnet-g")
+@register("net", "resnet-g", role="generator", data=("image",))
 class ResNetGenerator(nn.Module):
     def __init__(self, shape: tuple[int, int, int], latent_dim: int = 128, width: int = 256,
                  norm: str = "batch"):
@@ -81,7 +81,7 @@ class ResNetGenerator(nn.Module):
         return torch.tanh(self.out(self.blocks(h)))
 
 
-@register("net", "resnet-d")
+@register("net", "resnet-d", role="discriminator", data=("image",), output="score")
 class ResNetDiscriminator(nn.Module):
     def __init__(self, shape: tuple[int, int, int], width: int = 128, norm: str = "none",
                  spectral_norm: bool = False):

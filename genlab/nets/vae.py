@@ -38,7 +38,7 @@ def _halvings(size: int, asked: int | None) -> int:
 
 
 # ----------------------------------------------------------------------------- VAE nets
-@register("net", "vae-encoder")
+@register("net", "vae-encoder", role="gaussian-encoder", data=("image",))
 class VAEEncoder(nn.Module):
     """x in [-1, 1] (B, C, H, W) -> (mean, log-variance), each (B, latent_dim)."""
 
@@ -59,7 +59,7 @@ class VAEEncoder(nn.Module):
         return mean, logvar
 
 
-@register("net", "vae-decoder")
+@register("net", "vae-decoder", role="decoder", data=("image",))
 class VAEDecoder(nn.Module):
     """z (B, latent_dim) -> (B, C * params, H, W): `params` output maps per image channel."""
 
@@ -93,7 +93,7 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
-@register("net", "vq-encoder")
+@register("net", "vq-encoder", role="map-encoder", data=("image",))
 class VQEncoder(nn.Module):
     """x in [-1, 1] -> z_e (B, code_dim, H / 2^downsample, W / 2^downsample)."""
 
@@ -117,7 +117,7 @@ class VQEncoder(nn.Module):
         return self.net(x)
 
 
-@register("net", "vq-decoder")
+@register("net", "vq-decoder", role="map-decoder", data=("image",))
 class VQDecoder(nn.Module):
     """z_q (B, code_dim, h, w) -> (B, C * params, H, W)."""
 

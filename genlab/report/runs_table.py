@@ -22,43 +22,15 @@ from typing import Any, Iterable
 
 import yaml
 
+from ..eval.measures import figures, find_figure
 from ..logger import read_metrics
 
 # Containers whose name adds nothing to a metric's name: {"metrics": {"fid": 1}} -> "fid".
 _CONTAINERS = {"metrics", "results", "values", "scores", "summary"}
-_ALIASES = {"kid": "kid_mean", "is": "is_mean", "inception_score": "is_mean", "inception_score_mean": "is_mean",
-            "inception_score_std": "is_std", "fid_score": "fid", "nll": "nll_nats", "bpd": "bits_per_dim",
-            "bits_dim": "bits_per_dim", "pr_precision": "precision", "pr_recall": "recall",
-            "dc_density": "density", "dc_coverage": "coverage"}
-# Leaves that describe a record rather than measure the model.
-_META_LEAVES = {"n", "n_real", "n_fake", "n_gen", "n_generated", "n_samples", "seed", "step", "steps", "time",
-                "timestamp", "created", "date", "wall_time", "elapsed", "seconds", "duration", "version", "k",
-                "alpha", "batch_size", "splits", "subsets", "subset_size", "epoch", "device", "threads",
-                "threshold", "confident_threshold", "quantile", "genlab_version"}
-_HISTOGRAM_KEYS = {"hist", "histogram", "counts", "bins", "per_class", "class_counts", "mode_counts"}
-_INFO_KEYS = {  # canonical name -> accepted flattened keys (first match wins)
-    "extractor": ["extractor", "extractor_name", "features", "feature_extractor", "features_name",
-                  "feature_extractor_name", "evaluator", "evaluator_name"],
-    "fingerprint": ["extractor_fingerprint", "fingerprint", "features_fingerprint", "feature_extractor_fingerprint",
-                    "weights_fingerprint", "evaluator_fingerprint"],
-    "ref": ["ref", "ref_split", "reference", "reference_split", "split", "ref_name", "reference_name"],
-    "ref_dataset": ["ref_dataset", "reference_dataset", "dataset"],
-    "n_real": ["n_real", "real_n", "reference_n", "ref_n"],
-    "n_fake": ["n_fake", "fake_n", "n_gen", "n_generated", "n_samples", "n"],
-    "checkpoint": ["checkpoint", "ckpt", "checkpoint_name"],
-    "eval_step": ["step", "checkpoint_step", "ckpt_step"],
-}
-# Known metrics in display order, with the direction in which they improve.
-KNOWN_METRICS = [("fid", "FID", "lower"), ("fid_ci_low", "FID 95% low", None), ("fid_ci_high", "FID 95% high", None),
-                 ("kid_mean", "KID", "lower"), ("kid_std", "KID std", None),
-                 ("is_mean", "IS", "higher"), ("is_std", "IS std", None), ("precision", "precision", "higher"),
-                 ("recall", "recall", "higher"), ("density", "density", "higher"),
-                 ("coverage", "coverage", "higher"), ("nll_nats", "NLL (nats)", "lower"),
-                 ("bits_per_dim", "bits/dim", "lower")]
-_LOWER_TOKENS = ("fid", "kid", "nll", "bpd", "kl", "ndb", "jsd", "js", "copies", "copy", "memorized",
-                 "memorised", "loss", "different", "dropped", "missed", "error")
-_HIGHER_TOKENS = ("is", "precision", "recall", "density", "coverage", "modes", "captured", "covered", "hq",
-                  "quality", "confident", "accuracy", "hit", "hits")
+# Where genlab's records keep what describes them (see eval/evaluate.py): record field -> column.
+_INFO_FIELDS = {"extractor": "extractor", "fingerprint": "extractor_fingerprint", "ref": "ref_split",
+                "ref_dataset": "ref_dataset", "n_real": "n_real", "n_fake": "n_fake", "checkpoint": "checkpoint",
+                "eval_step": "step"}
 
 
 # ------------------------------------------------------------------------------ data model
@@ -67,8 +39,9 @@ class Column:
     key: str
     label: str
     kind: str = "float"  # text | int | float | duration
-    better: str | None = None  # lower | higher | None
+    better: str | None = None  # lower | higher | target | None (not ranked)
     section: str = "run"  # run | eval | diag
+    figure: Any = None  # the registered Figure behind a metric column (eval/measures.py)
 
 
 @dataclass
@@ -194,12 +167,7 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 def _norm(key: str) -> str:
     parts = [p for p in key.lower().split(".") if p not in _CONTAINERS] or [key.lower()]
-    return re.sub(r"[^a-z0-9]+", "_", "_".join(parts)).strip("_")
-
-
-def _is_meta(key: str) -> bool:
-    """Timings ("seconds.metrics"), counts ("n_boot") and other bookkeeping, at any nesting level."""
-    return any(p in _META_LEAVES or p.startswith("n_") for p in key.lower().split("."))
+    return re.sub(r"[^a-z0-9.]+", "_", ".".join(parts)).strip("_")
 
 
 def _is_number(v: Any) -> bool:
@@ -207,66 +175,50 @@ def _is_number(v: Any) -> bool:
 
 
 def read_eval(run_dir: Path, warnings: list[str] | None = None) -> tuple[dict, dict]:
-    """RUN_DIR/eval.json -> (metrics {canonical key: number}, info {extractor, n_fake, ...})."""
-    raw = flatten(newest_record(read_json(run_dir / "eval.json", warnings)))
-    flat = {_norm(k): v for k, v in raw.items()}
-    info: dict[str, Any] = {}
-    for name, candidates in _INFO_KEYS.items():
-        numeric = name in ("n_real", "n_fake", "eval_step")
-        for c in candidates:
-            v = flat.get(c)
-            if v is not None and not isinstance(v, list) and (_is_number(v) if numeric else isinstance(v, str)):
-                info[name] = v
-                break
-    info_keys = {c for cands in _INFO_KEYS.values() for c in cands}
+    """RUN_DIR/eval.json -> (metrics {figure key: number}, info {extractor, n_fake, ...}).
+
+    Values are the registered evaluation figures (eval/measures.py), found by key or declared alias
+    wherever the record keeps them (genlab's `metrics` mapping, or a flat / nested layout)."""
+    from ..eval.measures import find_figure
+
+    record = newest_record(read_json(run_dir / "eval.json", warnings))
+    info = {name: record.get(field) for name, field in _INFO_FIELDS.items() if record.get(field) is not None}
     metrics = {}
-    for k, v in raw.items():
-        key = _norm(k)
-        if _is_number(v) and not _is_meta(k) and key not in info_keys and not key.endswith("seed"):
-            metrics[_ALIASES.get(key, key)] = v
+    for key, v in flatten(record).items():
+        k = _norm(key)
+        fig = (find_figure(k, "eval") or find_figure(k.replace(".", "_"), "eval")) if _is_number(v) else None
+        if fig is not None and not (key in _INFO_FIELDS.values()):
+            metrics.setdefault(fig.key, v)
     return metrics, info
 
 
 def read_diagnostics(run_dir: Path, warnings: list[str] | None = None) -> tuple[dict, dict, list[Path]]:
-    """RUN_DIR/diagnostics.json -> (numeric figures, info {n}, plot paths)."""
+    """RUN_DIR/diagnostics.json -> ({"<section>.<field>": number} of registered diagnostic figures,
+    info {n}, plot paths). Keys keep the record's own section name (an older "class_coverage" stays
+    one); the figure, found by key or alias, gives its label and direction."""
+    from ..eval.measures import find_figure
+
     record = newest_record(read_json(run_dir / "diagnostics.json", warnings))
-    values, info, plots = {}, {}, []
-    for key, v in flatten(_drop_histograms(record)).items():
-        leaf = key.rsplit(".", 1)[-1].lower()
+    values, plots = {}, []
+    for key, v in flatten(record).items():
+        key = _norm(key.removeprefix("diagnostics."))
         if isinstance(v, (str, list)):
             plots += [run_dir / p for p in ([v] if isinstance(v, str) else v) if str(p).lower().endswith(".png")]
-        elif leaf in ("n", "n_samples", "n_fake") and _is_number(v) and "n" not in info:
-            info["n"] = v
-        elif _is_number(v) and not _is_meta(key):
+        elif _is_number(v) and "." in key and find_figure(key, "diagnose") is not None:
             values[key] = v
+    # genlab writes the sample count at the top; older records kept it in each section
+    ns = [v for k, v in flatten(record).items() if k.rsplit(".", 1)[-1] == "n" and _is_number(v)]
+    info = {"n": record["n"] if _is_number(record.get("n")) else ns[0]} if ns else {}
     return values, info, plots
 
 
-def _drop_histograms(obj: Any) -> Any:
-    if not isinstance(obj, dict):
-        return obj
-    if obj and all(re.fullmatch(r"-?\d+", str(k)) for k in obj):  # {"0": 12, "1": 9, ...}
-        return {}
-    return {k: _drop_histograms(v) for k, v in obj.items() if str(k).lower() not in _HISTOGRAM_KEYS}
-
-
 def direction(key: str) -> str | None:
-    """Whether a metric improves downwards or upwards, from its name (None: not a quality figure).
-    The leaf name decides ("class_coverage.kl_uniform" is a KL); the section only when it cannot."""
-    k = key.lower()
-    for known, _, better in KNOWN_METRICS:
-        if k == known:
-            return better
-    leaf = re.split(r"[^a-z0-9]+", k.rsplit(".", 1)[-1])
-    if leaf[-1] in ("std", "stderr", "var", "low", "high", "lo", "hi", "total", "median") or "ci" in leaf \
-            or leaf[0] in ("n", "num"):  # spreads, interval ends and counts such as num_modes
-        return None
-    for tokens in (leaf, re.split(r"[^a-z0-9]+", k)):
-        if any(t in _LOWER_TOKENS for t in tokens):
-            return "lower"
-        if any(t in _HIGHER_TOKENS for t in tokens) or tokens[0] == "hq":
-            return "higher"
-    return None
+    """How a column's figure improves: "lower" | "higher" | "target" -- from the measure registry
+    (None: not a registered figure, or one shown but never ranked)."""
+    from ..eval.measures import find_figure
+
+    fig = find_figure(_norm(key))
+    return None if fig is None or fig.direction == "info" else fig.direction
 
 
 # ------------------------------------------------------------------------------ one run
@@ -355,15 +307,14 @@ def build_table(run_dirs: Iterable[Path], sort: str | None = None, warnings: lis
     _unique_names(runs)
     present = {k for r in runs for k, v in r.values.items() if v is not None}
     columns = [c for c in LEAD_COLUMNS if c.key in present or c.key in ("run", "steps", "wall_time_s")]
-    known = {k for k, _, _ in KNOWN_METRICS}
-    columns += [Column(k, label, "float", better, "eval") for k, label, better in KNOWN_METRICS if k in present]
-    extra = sorted(k for k in present if k not in known and not k.startswith("diag")
-                   and k not in {c.key for c in RUN_COLUMNS} and k != "planned_steps")
-    columns += [Column(k, k, "float", direction(k), "eval") for k in extra]
+    # every registered evaluation figure present, in the registry's order, with its label and direction
+    columns += [_metric_column(f.key, f, f.label, "eval") for f in figures("eval") if f.key in present]
     if "diag_n" in present:
         columns.append(Column("diag_n", "diag n", "int", None, "diag"))
     diag = [k for k in dict.fromkeys(k for r in runs for k in r.values if k.startswith("diag.")) if k in present]
-    columns += [Column(k, k[len("diag."):], "float", direction(k[len("diag."):]), "diag") for k in diag]
+    for k in diag:
+        fig = find_figure(k[len("diag."):], "diagnose")
+        columns.append(_metric_column(k, fig, f"{k.split('.')[1]}: {fig.label}", "diag"))
     columns += [c for c in TRAIL_COLUMNS if c.key in present]
     table = Table(columns, runs, _groups(runs), warnings)
     for g in table.groups:
@@ -371,6 +322,11 @@ def build_table(run_dirs: Iterable[Path], sort: str | None = None, warnings: lis
     if sort:
         sort_rows(table, sort)
     return table
+
+
+def _metric_column(key: str, fig, label: str, section: str) -> Column:
+    better = None if fig.direction == "info" else fig.direction
+    return Column(key, label, "float", better, section, fig)
 
 
 def _unique_names(runs: list[Run]) -> None:
@@ -416,6 +372,7 @@ def _fmt_int(v) -> str:
 
 
 def _best(table: Table, group: Group) -> dict[int, set[str]]:
+    """Per row, the metric columns where it is best within its group (by the figure's direction)."""
     best: dict[int, set[str]] = {}
     for col in table.columns:
         if col.better is None:
@@ -424,9 +381,11 @@ def _best(table: Table, group: Group) -> dict[int, set[str]]:
         vals = [(i, float(v)) for i, v in vals if _is_number(v) and not math.isnan(v)]  # inf KL: the worst
         if len(vals) < 2 or len({v for _, v in vals}) < 2:  # one value or all equal: nothing to single out
             continue
-        target = (min if col.better == "lower" else max)(v for _, v in vals)
+        top = vals[0][1]
+        for _, v in vals[1:]:
+            top = v if col.figure.better(v, top) else top
         for i, v in vals:
-            if v == target:
+            if not col.figure.better(top, v):  # ties with the best are best too
                 best.setdefault(i, set()).add(col.key)
     return best
 
@@ -460,6 +419,8 @@ def sort_rows(table: Table, name: str) -> Column:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return (1, 0, "")
         if _is_number(v):
+            if col.better == "target":
+                return (0, abs(v - col.figure.target), "")
             return (0, -v if descending else v, "")
         return (0, 0, str(v).lower())
 

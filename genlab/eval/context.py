@@ -1,0 +1,161 @@
+"""What the measures of one evaluation share, each piece computed on first use and only once.
+
+    ctx = EvalContext(run, n=10000, seed=0)          # run: a LoadedRun, or a trainer's view of itself
+    ctx.fake            (features, probs) of n seeded samples: ONE sampling + feature pass
+    ctx.reference       cached features of n real images of the reference split
+    ctx.sample_metrics  every selected sample metric (FID, KID, ...) from those two, in one call
+    ctx.test_images     real uint8 images for likelihood / reconstruction measures
+    ctx.record          provenance the pieces add to the record (extractor, fingerprint, n_real, ...)
+
+A `run` needs: family (with capabilities and device), info, cfg, step, checkpoint, and `sampling()`,
+a context in which family.sample uses the weights to evaluate (the EMA when there is one).
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from functools import cached_property
+from typing import Callable
+
+import torch
+
+from .. import parallel
+from ..errors import GenlabError
+
+
+def stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+class EvalContext:
+    def __init__(self, run, n: int = 10000, seed: int = 0, batch_size: int = 500, features: str = "auto",
+                 ref: str = "test", n_boot: int = 0, n_test: int | None = None, extractor=None, reference=None,
+                 log: Callable[[str], None] = stderr, kid_subset_size: int = 1000, sample_options: dict | None = None):
+        if n < 2:
+            raise GenlabError(f"--n must be at least 2, got {n}")
+        if batch_size < 1:
+            raise GenlabError(f"--batch-size must be positive, got {batch_size}")
+        self.run, self.family, self.info = run, run.family, run.info
+        self.n, self.seed, self.batch_size, self.features, self.ref = n, seed, batch_size, features, ref
+        self.n_boot, self.n_test, self.log, self.kid_subset_size = n_boot, n_test, log, kid_subset_size
+        self.sample_options = dict(sample_options or {})
+        self._extractor, self._reference = extractor, reference
+        self.sample_metric_names: tuple[str, ...] = ()  # set by evaluate: the selected sample metrics
+        self.want_probs = True
+        self.record: dict = {}
+        self.seconds: dict = {}
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.family.device)
+
+    @property
+    def data_cfg(self):
+        from .reference import data_config_for
+
+        return data_config_for(self.run.cfg.data)
+
+    def _timed(self, key: str, t0: float) -> None:
+        self.seconds[key] = round(self.seconds.get(key, 0.0) + time.perf_counter() - t0, 2)
+
+    # ------------------------------------------------------------------ the shared sample pass
+    @cached_property
+    def extractor(self):
+        from .features import get_extractor, resolve_extractor
+
+        name, picked = resolve_extractor(self.features, self.info)
+        ext = self._extractor or get_extractor(name, self.device)
+        ext.check_shape(tuple(self.info.shape))
+        self.record.update(extractor=ext.name, extractor_fingerprint=ext.fingerprint, extractor_auto=picked)
+        return ext
+
+    @cached_property
+    def reference(self):
+        from .reference import describe, get_reference
+
+        t0 = time.perf_counter()
+        ext = self.extractor
+        refs = self._reference or parallel.on_main(get_reference, self.data_cfg, self.ref, self.n, ext,
+                                                   batch_size=self.batch_size, log=self.log)
+        self.record.update(**describe(refs), reference_cache=refs.status)
+        self._timed("reference", t0)
+        return refs
+
+    def draw(self, k: int, generator: torch.Generator) -> torch.Tensor:
+        """k samples of the evaluated weights, with the sampling options asked for (e.g. temperature)."""
+        return self.family.sample(k, generator, **self.sample_options)
+
+    @cached_property
+    def fake(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from .passes import sample_features
+
+        ext = self.extractor
+        t0 = time.perf_counter()
+        with self.run.sampling():
+            feats, probs = sample_features(self.draw, self.n, ext, self.batch_size, self.seed, self.info.shape,
+                                           keep_probs=self.want_probs)
+        self.record.update(n_fake=int(feats.shape[0]), n_boot=self.n_boot)
+        self._timed("sample_and_features", t0)
+        return feats, probs
+
+    @cached_property
+    def sample_metrics(self) -> dict[str, float]:
+        """Every selected sample metric from the one feature pass (metrics.compute_all: the k-NN radii
+        of precision/recall and density/coverage are shared, as in one call)."""
+        from .metrics import compute_all
+
+        refs, (fake, probs) = self.reference, self.fake
+        t0 = time.perf_counter()
+        kid_size = min(self.kid_subset_size, refs.n, fake.shape[0])
+        values = parallel.on_main(lambda: compute_all(
+            *_on(self.device, refs.features, fake, probs), self.sample_metric_names, n_boot=self.n_boot,
+            seed=self.seed, kid_subset_size=kid_size))
+        self._timed("metrics", t0)
+        return values
+
+    # ------------------------------------------------------------------ test images
+    @cached_property
+    def test_images(self) -> torch.Tensor:
+        """Real `ref`-split uint8 images (as train_step gets them) for likelihood / reconstruction.
+        Binarized data: load_real returns ONE fixed, seeded Bernoulli draw (named in the record)."""
+        from .reference import BINARIZATION, load_real
+
+        t0 = time.perf_counter()
+        images, info = load_real(self.data_cfg, self.ref, self.n if self.n_test is None else self.n_test)
+        self.record.update(test_split=self.ref, **({"nll_binarization": BINARIZATION} if info.binarized else {}))
+        self._timed("test_images", t0)
+        return images
+
+
+def _on(device, *tensors):
+    """Metrics where the features can be fastest: on the GPU when the model is there."""
+    dev = torch.device(device)
+    return [t.to(dev) if t is not None and dev.type == "cuda" else t for t in tensors]
+
+
+class TrainerView:
+    """A trainer seen as a run by the measures (its family, data, config and sampling weights)."""
+
+    def __init__(self, trainer):
+        self.family, self.info, self.cfg = trainer.family, trainer.info, trainer.cfg
+        self.run_dir, self.step, self.checkpoint = trainer.run_dir, trainer.step, "training"
+        self.sampling = trainer.sampling_context
+
+
+@contextlib.contextmanager
+def preserved_modes(family):
+    """Restore the .training flag of every module reachable from the family's attributes."""
+    modules = [m for v in vars(family).values() if isinstance(v, torch.nn.Module) for m in v.modules()]
+    modes = [m.training for m in modules]
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
+
+
+def forked_rng(device) -> contextlib.AbstractContextManager:
+    """The global RNGs (CPU, and this device's on CUDA) as they were when the block ends."""
+    device = torch.device(device)
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
