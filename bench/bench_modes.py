@@ -7,7 +7,8 @@ Each run goes through genlab.train.Trainer with the model's config plus the toy-
 below (printed), then 2,500 points are sampled (EMA weights, a fixed seed per run) and scored with
 the PacGAN protocol (genlab.eval.modes.mixture_metrics: modes captured, % high quality = within
 3 std of the nearest centre, reverse KL). Means and population stds over seeds are printed beside
-the published rows of ../shared/REFERENCE.md. A perfect sampler scores 98.9% HQ, not 100%
+the published rows (PacGAN, Lin et al. 2018, Tables 1-2; GDPP, Elfeki et al. 2019, Tables 1 and 3;
+VEEGAN, Srivastava et al. 2017, Table 1). A perfect sampler scores 98.9% HQ, not 100%
 (P(chi2_2 <= 9)); published HQ numbers use the same 3-std rule.
 
 Runs use one CPU thread each (--threads) and write their run directories under a temporary
@@ -47,7 +48,7 @@ QUIET = ["train.log_every=1000000", "train.sample_every=1000000", "train.checkpo
 N_EVAL = 2500
 EVAL_SEED = 20_000  # sampling seed of run s is EVAL_SEED + s
 
-# REFERENCE.md, "Mode-collapse benchmarks": (ring8 modes, HQ%), (grid25 modes, HQ%), source
+# Published rows: (ring8 modes, HQ%), (grid25 modes, HQ%), source (the papers' tables)
 PUBLISHED = [
     ("GAN", (6.3, 98.2), (17.3, 94.8), "PacGAN Tables 1-2"),
     ("PacGAN2", (7.9, 95.6), (23.8, 91.3), "PacGAN"),

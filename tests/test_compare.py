@@ -458,3 +458,41 @@ def test_binarized_data_is_its_own_comparability_group(runs, tmp_path):
     groups = {table.runs[i].name: g for g in table.groups for i in g.rows}
     assert groups["binarized"] is not groups["gan-a"] and groups["binarized"].differs == ["dataset"]
     assert "mnist (binarized)" in groups["binarized"].label
+
+
+def test_every_registered_figure_is_ranked_by_its_declared_direction(tmp_path):
+    """Over the measure registry: two runs differ in every genlab figure; the best cell is the one the
+    figure's direction says (lower / higher / closest to target), and info figures are never ranked."""
+    from genlab.eval.measures import figures
+    from genlab.report.runs_table import build_table
+
+    def write(run, a: bool):
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text("model: gan\nfamily: gan\ndata: {name: mnist}\n")
+        ev = {f.key: _pick(f, a) for f in figures("eval")}
+        (run / "eval.json").write_text(json.dumps([_record("2025-01-01T00:00:00+00:00", ev)]))
+        diag: dict = {}
+        for f in figures("diagnose"):
+            section, leaf = f.key.split(".")
+            diag.setdefault(section, {})[leaf] = _pick(f, a)
+        (run / "diagnostics.json").write_text(json.dumps([{"kind": "diagnostics", "n": 100, "diagnostics": diag}]))
+
+    def _pick(f, a):  # run "a" is the better one for every ranked figure
+        if f.direction == "target":
+            return f.target + (0.1 if a else 0.5)
+        good, bad = (1.0, 2.0) if f.direction == "lower" else (2.0, 1.0)
+        return good if a else bad
+
+    write(tmp_path / "a", True)
+    write(tmp_path / "b", False)
+    table = build_table([tmp_path / "a", tmp_path / "b"])
+    cols = {c.key: c for c in table.columns}
+    for f in figures("eval") + figures("diagnose"):
+        key = f.key if f in figures("eval") else f"diag.{f.key}"
+        assert key in cols, f"{key} has no column"
+        assert cols[key].figure is f and cols[key].label
+        if f.direction == "info":
+            assert cols[key].better is None and not table.is_best(0, key) and not table.is_best(1, key)
+        else:
+            assert cols[key].better == f.direction
+            assert table.is_best(0, key) and not table.is_best(1, key), key

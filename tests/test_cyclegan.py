@@ -13,7 +13,8 @@ from genlab.config import DataConfig
 from genlab.data import DataInfo, load_dataset
 from genlab.data.pairs import load_domains, mnist_b_style, plain_view
 from genlab.families.base import build_family
-from genlab.families.cyclegan import ImagePool, linear_decay
+from genlab.families.cyclegan import ImagePool
+from genlab.schedules import linear_decay
 
 TINY = ["cyclegan.g_width=4", "cyclegan.d_width=4", "cyclegan.n_blocks=1", "train.batch_size=4"]
 
@@ -231,3 +232,25 @@ def test_cyclegan_metrics_on_an_exact_inverter():
     assert m["label_preservation_AtoB"] == m["evaluator_acc_A"] > 0.95
     assert m["label_preservation_BtoA"] == m["evaluator_acc_B"] > 0.9
     assert m["fid_AtoB"] > 0 and m["fid_BtoA"] > 0  # thin digits against thick ones, both ways
+
+
+def test_ema_averages_and_applies_both_generators(tmp_path):
+    """With train.ema_decay, both directions sample from averaged weights (ema_modules = [G_AB, G_BA])."""
+    from genlab.runs import load_run
+    from genlab.train import Trainer
+
+    sets = [*TINY, "train.steps=3", "train.ema_decay=0.5", "train.sample_every=100", "train.grid_size=2",
+            f"out={tmp_path}", "name=ema"]
+    Trainer(C.resolve("cyclegan", sets=sets), tmp_path / "ema", show_progress=False).run()
+    run = load_run(tmp_path / "ema")
+    assert run.family.ema_modules == [run.family.G_AB, run.family.G_BA]
+    shadow = run.ema.shadow
+    x = torch.rand(2, 1, 28, 28)
+    raw = {d: run.family.translate(x, d) for d in ("AtoB", "BtoA")}
+    with run.sampling():
+        for i, g in enumerate((run.family.G_AB, run.family.G_BA)):
+            for k, v in g.state_dict().items():
+                assert torch.equal(v, shadow[f"{i}.{k}"]), f"generator {i}: {k} is not the average"
+        averaged = {d: run.family.translate(x, d) for d in ("AtoB", "BtoA")}
+    for d in ("AtoB", "BtoA"):
+        assert not torch.equal(raw[d], averaged[d]), f"{d} ignores the EMA"

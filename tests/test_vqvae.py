@@ -1,5 +1,6 @@
 """Vector quantiser (nearest code, straight-through, EMA, dead-code restarts), VQ-VAE family and the
 vqvae-prior second stage through the CLI."""
+import json
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -159,6 +160,16 @@ def test_vqvae_prior_second_stage_through_the_cli(tmp_path):
     assert x.shape == (3, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
     codes = prior.sample_codes(3, torch.Generator().manual_seed(0))
     assert codes.shape == (3, 7, 7) and codes.max() < 16
+
+    # the prior reconstructs nothing itself: its eval record carries no reconstruction figure
+    res = runner.invoke(app, ["eval", str(prior_dir), "-n", "20", "--n-test", "10", "--batch-size", "10",
+                              "--metrics", "fid", "--json", "--no-save"])
+    _ok(res)
+    record = json.JSONDecoder().raw_decode(res.output[res.output.index("{"):])[0]
+    assert "fid" in record["metrics"] and "recon_mse" not in record["metrics"]
+    assert "reconstruct" not in prior.capabilities
+    res = runner.invoke(app, ["sample", str(prior_dir), "--reconstruct", "-n", "4"])
+    assert res.exit_code == 2 and "does not support --reconstruct" in res.output
 
 
 def test_prior_refuses_a_vqvae_trained_on_other_data(tmp_path):

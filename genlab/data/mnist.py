@@ -11,7 +11,6 @@ Fashion-MNIST, CIFAR-10 and SVHN come through torchvision. We first look for fil
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 import zlib
 from importlib import resources

@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from .. import __version__, parallel, records
 from ..errors import GenlabError
 from .context import TrainerView, forked_rng, preserved_modes

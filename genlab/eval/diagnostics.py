@@ -9,7 +9,8 @@ Which apply is declared, not planned by hand: by data kind and the dataset's tra
     ndb            NDB / JSD of K-means bins (K = 100, fitted on 10,000 training samples)
     memorisation   nearest-neighbour distances to the training set vs held-out test data
     codebook       VQ-VAE codebook health on test images
-The sample counts are the published protocols' (../shared/REFERENCE.md); `--n` overrides them.
+The sample counts are the published protocols' (PacGAN, Lin et al. 2018; VEEGAN, Srivastava et al.
+2017); `--n` overrides them.
 NDB and memorisation work in the evaluator's feature space when `classes` applies, else in pixels.
 Each returns its record section; what its plot needs goes to ctx.artifacts (drawn by report/).
 """

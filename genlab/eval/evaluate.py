@@ -27,7 +27,7 @@ from ..config import DataConfig
 from ..errors import GenlabError
 from .context import EvalContext, _on, stderr
 from .features import get_extractor, resolve_extractor
-from .measures import _elsewhere, measures, select
+from .measures import elsewhere_hint, measures, select
 from .metrics import compute_all
 from .passes import batch_seed, likelihood, reconstruction, sample_features  # noqa: F401  (public API)
 from .reference import describe, get_reference, load_real
@@ -64,7 +64,7 @@ def evaluate(run, n: int = 10000, metrics: str | Sequence[str] | None = "auto", 
     chosen = select("eval", run.info, caps, parse_metrics(metrics))
     if not chosen:
         raise GenlabError(f"nothing to measure: {run.cfg.model} on {run.info.name} has no applicable measure "
-                          f"for --metrics {metrics}{_elsewhere('eval', run.info, caps)}")
+                          f"for --metrics {metrics}{elsewhere_hint('eval', run.info, caps)}")
     ctx = EvalContext(run, n, seed, batch_size, features, ref, n_boot, n_test, extractor, reference, log,
                       sample_options=sample_options)
     ctx.sample_metric_names = tuple(m.name for m in chosen if m.selectable)

@@ -18,7 +18,7 @@ so a new metric is one registration and a new family needs no edit here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from .. import registry
@@ -183,11 +183,11 @@ def select(section: str, info, capabilities, requested: Iterable[str] | None = N
         if m.applies(info, capabilities):
             out.append(m)
         elif m.selectable and requested is not None:
-            raise GenlabError(f"--metrics {m.name}: {m.why_not(info, capabilities)}{_elsewhere(section, info, capabilities)}")
+            raise GenlabError(f"--metrics {m.name}: {m.why_not(info, capabilities)}{elsewhere_hint(section, info, capabilities)}")
     return out
 
 
-def _elsewhere(section: str, info, capabilities) -> str:
+def elsewhere_hint(section: str, info, capabilities) -> str:
     """'; for this run, `genlab diagnose` measures: mixture' when the other command has measures."""
     other = [m.name for s in SECTIONS if s != section for m in measures(s) if m.applies(info, capabilities)]
     command = {"eval": "genlab diagnose", "diagnose": "genlab eval"}[section]

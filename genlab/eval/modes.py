@@ -2,7 +2,8 @@
 
 No networks and no sampling here (genlab.eval.diagnose does that); every function takes tensors
 and returns plain Python numbers, so each can be tested on constructed inputs with known answers.
-Protocols follow ../shared/REFERENCE.md ("Mode-collapse benchmarks"):
+Protocols follow the papers that introduced them (PacGAN, Lin et al. 2018, Sec. 5; VEEGAN,
+Srivastava et al. 2017, Sec. 5; NDB, Richardson & Weiss 2018):
 
 - 2-D mixtures (PacGAN / VEEGAN): a point is *high quality* if it lies within 3 std of its nearest
   mode centre; a mode is *captured* if it is the nearest mode of at least one high-quality point;

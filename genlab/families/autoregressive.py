@@ -2,10 +2,8 @@
 
 Outputs: Bernoulli per pixel for binarized data (`data.binarize: true`, 2 values) or a 256-way
 softmax per colour channel. `log_likelihood(x)` is exact, in nats per image; training logs nats and
-bits/dim. Sampling is pixel by pixel (and colour by colour), batched, under inference mode, and
-only runs the net on the rows that can influence the current one: output row i depends on input
-rows <= i only, so the input is cropped to rows [0, i] (the receptive field is causal, and bottom
-padding never reaches row i). That roughly halves the work of naive full re-evaluation.
+bits/dim. Sampling is pixel by pixel (and colour by colour), batched, under inference mode, by the
+raster sampler the VQ-VAE prior shares (`nets.pixelcnn.raster_sample`).
 """
 from __future__ import annotations
 
@@ -16,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import ConfigError, OptimConfig
+from ..config import OptimConfig
+from ..nets.pixelcnn import raster_sample
 from ..parallel import prepare_module
 from ..registry import register, require
 from .base import FamilyBase, Update, bits_per_dim, eval_mode
@@ -91,19 +90,12 @@ class AutoregressiveFamily(FamilyBase):
     @torch.inference_mode()
     def sample(self, n: int, generator: torch.Generator | None = None, y: Tensor | None = None,
                crop: bool = True) -> Tensor:
-        c, h, w = self.info.shape
         if self.opts.class_conditional and y is None:
             y = torch.randint(self.info.num_classes, (n,), generator=generator)
         y = None if y is None or not self.opts.class_conditional else y.to(self.device)
-        t = torch.zeros(n, c, h, w, dtype=torch.long, device=self.device)
         with eval_mode(self.net):
-            for i in range(h):
-                rows = slice(0, i + 1) if crop else slice(0, h)
-                for j in range(w):
-                    for ch in range(c):
-                        logits = self.net(targets_to_unit(t[:, :, rows], self.values), y)[:, ch, :, i, j]
-                        probs = torch.softmax(logits.float(), dim=-1).cpu()
-                        t[:, ch, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(self.device)
+            t = raster_sample(self.net, tuple(self.info.shape), n, generator,
+                              lambda v: targets_to_unit(v, self.values), self.device, y, crop)
         return targets_to_unit(t, self.values)
 
     def state_dict(self) -> dict:

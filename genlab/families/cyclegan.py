@@ -33,6 +33,7 @@ from ..config import ConfigError, OptimConfig, RunConfig
 from ..losses import build_loss
 from ..parallel import prepare_module
 from ..registry import register, require
+from ..schedules import linear_decay
 from .base import FamilyBase, Update, eval_mode, to_signed
 
 DIRECTIONS = ("AtoB", "BtoA")
@@ -102,14 +103,6 @@ class ImagePool:
     def load_state_dict(self, state: dict, device: torch.device) -> None:
         self.images = None if state["images"] is None else state["images"].to(device)
         self.generator.set_state(state["generator"].cpu())
-
-
-def linear_decay(step: int, total: int, decay_start: float) -> float:
-    """LR factor: 1 up to decay_start * total, then linear to 0 at step `total` (the paper's schedule)."""
-    start = int(decay_start * total)
-    if step <= start or total <= start:
-        return 1.0
-    return max(0.0, 1.0 - (step - start) / (total - start))
 
 
 @register("family", "cyclegan")

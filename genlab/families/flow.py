@@ -34,6 +34,7 @@ from ..nets.flow_models import flow_log_prob
 from ..nets.flows import Preprocess
 from ..parallel import prepare_module, shared_rand
 from ..registry import register, require
+from ..schedules import warmup
 from .base import FamilyBase, SampleOption, Update, bits_per_dim, eval_mode, in_batches, randn
 
 NLL_NOISE_SEED = 0  # log_likelihood draws its dequantisation noise from this seed: repeatable evals
@@ -107,14 +108,10 @@ class FlowFamily(FamilyBase):
         logp = (self.model.log_prob(x) if net is None else flow_log_prob(net, x)) + pre_ld
         return discretization_nats(self.dims, self.opts.n_bits) - logp
 
-    def _lr(self, step: int) -> float:
-        w = self.opts.warmup_steps
-        return self.opts.optim.lr * (min(1.0, step / w) if w > 0 else 1.0)
-
     def train_step(self, batch, step: int) -> dict[str, Tensor]:
         x, _ = batch
         x = x.to(self.device)
-        self.opt.set_lr(self._lr(step))
+        self.opt.set_lr(self.opts.optim.lr * warmup(step, self.opts.warmup_steps))
         noise = shared_rand(x.shape[0], x.shape[1:], self.device)  # this rank's rows of the global draw
         nats = self.nll(x, noise, self.model_train).mean()
         norm = self.opt(nats / self.dims)  # nats per dim: resolution-independent learning rate

@@ -31,6 +31,7 @@ from ..config import ConfigError, OptimConfig
 from ..nets.vae import OBSERVATION_MODELS, VAEDecoder, VAEEncoder
 from ..parallel import prepare_module, shared_randn
 from ..registry import register
+from ..schedules import warmup
 from .base import FamilyBase, Update, bits_per_dim, eval_mode, in_batches, randn
 
 
@@ -112,8 +113,7 @@ class VAEFamily(FamilyBase):
         return t["log_px_z"] - t["kl"]
 
     def beta_at(self, step: int) -> float:
-        warm = self.opts.kl_warmup
-        return self.opts.beta * (min(1.0, step / warm) if warm > 0 else 1.0)
+        return self.opts.beta * warmup(step, self.opts.kl_warmup)
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch, step: int) -> dict[str, Tensor | float]:

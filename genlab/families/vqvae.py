@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConfigError, OptimConfig
+from ..nets.pixelcnn import raster_sample
 from ..nets.quantizer import Quantized, VectorQuantizer, perplexity
 from ..nets.vae import VQDecoder, VQEncoder
 from ..parallel import prepare_module
@@ -264,15 +265,10 @@ class PriorFamily(FamilyBase):
 
     @torch.no_grad()
     def sample_codes(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        h, w = self.vq.code_shape
-        codes = torch.zeros(n, h, w, dtype=torch.long, device=self.device)
+        """n code maps (n, h, w) drawn by the raster sampler the PixelCNN family shares."""
         with eval_mode(self.net):
-            for i in range(h):  # output row i depends on input rows <= i only: crop below
-                for j in range(w):
-                    logits = self.net(codes[:, None, :i + 1])[:, 0, :, i, j]
-                    probs = torch.softmax(logits.float(), dim=-1).cpu()
-                    codes[:, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(self.device)
-        return codes
+            return raster_sample(self.net, (1, *self.vq.code_shape), n, generator, lambda codes: codes,
+                                 self.device)[:, 0]
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

@@ -174,3 +174,26 @@ class GatedPixelCNN(nn.Module):
         for layer in self.layers:
             v, h = layer(v, h, y)
         return self.head(h)
+
+
+@torch.inference_mode()
+def raster_sample(net: nn.Module, shape: tuple[int, int, int], n: int, generator: torch.Generator | None,
+                  to_input, device, y: Tensor | None = None, crop: bool = True) -> Tensor:
+    """Draw n maps of integer values (n, C, H, W) pixel by pixel (and colour by colour) from `net`,
+    the one sampler of both PixelCNN families (images and VQ-VAE code maps).
+
+    `to_input(values)` turns the values drawn so far into the net's input; `net(x, y)` returns
+    logits (n, C, V, H, W). Output row i depends on input rows <= i only, so with `crop` the net
+    sees rows [0, i] (bottom padding never reaches row i): about half the work of full
+    re-evaluation, with identical results. Multinomial draws come from the CPU `generator`, so a
+    seed gives the same maps on every device."""
+    c, h, w = shape
+    t = torch.zeros(n, c, h, w, dtype=torch.long, device=device)
+    for i in range(h):
+        rows = slice(0, i + 1) if crop else slice(0, h)
+        for j in range(w):
+            for ch in range(c):
+                logits = net(to_input(t[:, :, rows]), y)[:, ch, :, i, j]
+                probs = torch.softmax(logits.float(), dim=-1).cpu()
+                t[:, ch, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(device)
+    return t
