@@ -44,20 +44,27 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of config deltas."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key: --set gan.n_critic=3 (repeatable)."),
     dataset: Optional[str] = typer.Option(None, help="Dataset name (see `genlab list datasets`), or folder:PATH."),
-    steps: Optional[int] = typer.Option(None, help="Total training steps (generator updates for GANs)."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per update."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Total training steps (generator updates for GANs)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Images per update."),
     out: Optional[Path] = typer.Option(None, help="Parent directory of run directories (default: runs)."),
     name: Optional[str] = typer.Option(None, help="Run directory name (default: MODEL-DATASET-TIMESTAMP)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
-    seed: Optional[int] = typer.Option(None, help="Seed for every RNG (model init, data order, noise)."),
+    seed: Optional[int] = typer.Option(None, min=0, help="Seed for every RNG (model init, data order, noise)."),
     data_root: Optional[Path] = typer.Option(None, help="Where torchvision datasets live (default: $GENLAB_DATA or ~/.cache/genlab/data)."),
     resume: Optional[Path] = typer.Option(None, help="Continue RUN_DIR exactly where its last checkpoint left off."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --out/--name if there is one (its files are deleted)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ):
     """Train MODEL; writes a run directory (config.yaml, checkpoints/, samples/, tb/, metrics.jsonl)."""
     from . import config as C
 
+    if resume is not None and (out is not None or name is not None):
+        typer.secho(f"warning: --out / --name are ignored with --resume (the run stays {resume})",
+                    fg=typer.colors.YELLOW, err=True)
+        out = name = None
+    if resume is not None and overwrite:
+        raise GenlabError("--overwrite replaces a run and --resume continues it: choose one")
     layer = _overrides(dataset, steps, batch_size, str(out) if out else None, name, device, seed,
                        str(data_root) if data_root else None)
     if resume is not None:
@@ -72,9 +79,7 @@ def train(
 
     parallel.setup(cfg.device)  # under torchrun: join the other ranks before naming the run
     run_dir = resume if resume is not None else parallel.broadcast_object(default_run_dir(cfg))
-    if resume is None and parallel.on_main((run_dir / "checkpoints" / "last.pt").exists):
-        raise C.ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --name")
-    result = Trainer(cfg, run_dir, resume=resume is not None, show_progress=progress).run()
+    result = Trainer(cfg, run_dir, resume=resume is not None, show_progress=progress, overwrite=overwrite).run()
     if parallel.is_main():
         typer.echo(f"finished step {result['step']} in {result['wall_time']:.0f}s -> {result['run_dir']}")
 
@@ -89,7 +94,9 @@ def _resume_config(model: str, run_dir: Path, config: Optional[Path], layer: dic
     if saved.get("model") != model:
         raise RunError(f"cannot resume {run_dir}: it is a run of {saved.get('model')!r}, not {model!r}")
     layers = [saved] + ([C.read_yaml(config)] if config else []) + [layer, C.parse_set(sets)]
-    return C.build(layers)
+    cfg = C.build(layers)
+    cfg.out, cfg.name = str(run_dir.parent), run_dir.name  # where the run is, whatever its saved config says
+    return cfg
 
 
 @app.command()
@@ -98,13 +105,13 @@ def _resume_config(model: str, run_dir: Path, config: Optional[Path], layer: dic
 @with_sample_options
 def sample(
     run_dir: Path = typer.Argument(..., help="A run directory written by `genlab train`."),
-    n: int = typer.Option(64, "-n", "--n", help="Number of samples (grid cells)."),
+    n: int = typer.Option(64, "-n", "--n", min=1, help="Number of samples (grid cells)."),
     out: Optional[Path] = typer.Option(None, help="Output PNG (default: RUN_DIR/samples/KIND-CKPT-seedS.png)."),
-    seed: int = typer.Option(0, help="Sampling seed (same seed -> same images)."),
+    seed: int = typer.Option(0, min=0, help="Sampling seed (same seed -> same images)."),
     checkpoint: str = typer.Option("last", help="last | best | step-N."),
     interpolate: bool = typer.Option(False, "--interpolate", help="Write a grid of latent interpolations instead."),
     reconstruct: bool = typer.Option(False, "--reconstruct", help="Write input/reconstruction pairs of N test images instead."),
-    steps: int = typer.Option(10, help="With --interpolate: images per row."),
+    steps: int = typer.Option(10, min=2, help="With --interpolate: images per row."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     sample_options: Optional[dict] = None,
 ):
@@ -161,9 +168,22 @@ for _module in (cli_eval, cli_diagnose, cli_compare, cli_translate):
     _module.register(app)
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """The console script: the app, with command-line usage errors (a missing argument, an option
+    of the wrong type) as one line, exit code 2, like every other user error."""
+    try:
+        code = app(args=argv, standalone_mode=False, prog_name="genlab")
+    except Exception as e:
+        if not any(c.__name__ == "UsageError" for c in type(e).__mro__):  # click's, vendored by Typer or not
+            raise
+        ctx = getattr(e, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        typer.secho(f"error: {e.format_message()}{where}", fg=typer.colors.RED, err=True)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -25,6 +25,11 @@ def user_errors(fn):
         except GenlabError as e:
             typer.secho(f"error: {parallel.world().tag()}{e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
+        except OSError as e:  # permission, read-only file system, disk full, --out is a file, ...
+            from .rundir import fs_message
+
+            typer.secho(f"error: {parallel.world().tag()}{fs_message(e)}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.secho(f"error: {parallel.world().tag()}interrupted; files already written are intact "
                         f"(checkpoints are replaced atomically)", fg=typer.colors.RED, err=True)

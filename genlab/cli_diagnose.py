@@ -11,10 +11,10 @@ from .cli_common import single_process, user_errors
 
 def diagnose(
     run_dir: Path = typer.Argument(..., help="A run directory written by `genlab train`."),
-    n: Optional[int] = typer.Option(None, "-n", "--n", help="Generated samples (default: the published protocol's: "
+    n: Optional[int] = typer.Option(None, "-n", "--n", min=2, help="Generated samples (default: the published protocol's: "
                                     "2,500 for 2-D mixtures, 26,000 for stacked-mnist, 10,000 for images)."),
     checkpoint: str = typer.Option("last", help="last | best | step-N."),
-    seed: int = typer.Option(0, help="Sampling seed (also seeds the NDB K-means)."),
+    seed: int = typer.Option(0, min=0, help="Sampling seed (also seeds the NDB K-means)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     out: Optional[Path] = typer.Option(None, help="Directory for diagnostics.json and the PNGs (default: RUN_DIR)."),
 ):

@@ -23,15 +23,15 @@ def _features_line(record: dict, requested: str) -> str:
 
 def eval_(
     run_dir: Optional[Path] = typer.Argument(None, help="A run directory written by `genlab train` (omit with --real-vs-real)."),
-    n: int = typer.Option(10000, "-n", "--n", help="Generated samples; the reference uses as many real images (at most the split size). Compare FID only at equal n."),
+    n: int = typer.Option(10000, "-n", "--n", min=2, help="Generated samples; the reference uses as many real images (at most the split size). Compare FID only at equal n."),
     metrics: str = typer.Option("auto", help="Sample metrics: auto (every one that applies), a comma-separated list (`genlab list measures`), or none (NLL / reconstruction only)."),
-    n_test: Optional[int] = typer.Option(None, "--n-test", help="Real test images for NLL / bits/dim / reconstruction (default: --n)."),
+    n_test: Optional[int] = typer.Option(None, "--n-test", min=1, help="Real test images for NLL / bits/dim / reconstruction (default: --n)."),
     features: str = typer.Option("auto", help="Feature extractor: auto (genlab-mnist for 1x28x28, else inception), genlab-mnist, inception, genlab-DATASET."),
     ref: str = typer.Option("test", help="Reference split of the run's dataset: train | test."),
     checkpoint: str = typer.Option("last", help="last | best | step-N."),
-    batch_size: int = typer.Option(500, help="Images per sampling / feature batch."),
-    seed: int = typer.Option(0, help="Sampling seed (also seeds KID subsets and the bootstrap)."),
-    bootstrap: int = typer.Option(0, help="B > 0 adds a 95% bootstrap interval for FID from B resamples."),
+    batch_size: int = typer.Option(500, min=1, help="Images per sampling / feature batch."),
+    seed: int = typer.Option(0, min=0, help="Sampling seed (also seeds KID subsets and the bootstrap)."),
+    bootstrap: int = typer.Option(0, min=0, help="B > 0 adds a 95% bootstrap interval for FID from B resamples."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     real_vs_real: Optional[str] = typer.Option(None, "--real-vs-real", help="DATASET: report the floor instead (a train subset vs the test split at equal n)."),
     data_root: Optional[Path] = typer.Option(None, help="With --real-vs-real: where torchvision datasets live."),
@@ -72,8 +72,13 @@ def eval_(
         typer.echo(head + (f"\n{record['note']}" if "note" in record else ""))
         typer.echo(format_table(record))
     if run_dir is not None and save:
-        path = append_record(run_dir, record)
-        log_tensorboard(run_dir, record)
+        from .rundir import fs_message
+
+        try:
+            path = append_record(run_dir, record)
+            log_tensorboard(run_dir, record)
+        except OSError as e:
+            raise GenlabError(f"{fs_message(e)}; the figures above were measured but the record was not saved") from None
         if not as_json:
             typer.echo(f"wrote {path}")
 
@@ -96,11 +101,11 @@ def ref(
     dataset: str = typer.Argument(..., help="Dataset name (see `genlab list datasets`), or folder:PATH."),
     split: str = typer.Option("test", help="train | test."),
     features: str = typer.Option("auto", help="Feature extractor (auto, genlab-mnist, inception, genlab-DATASET)."),
-    n: Optional[int] = typer.Option(None, "-n", "--n", help="Real images (a seeded subset); default: the whole split."),
-    seed: int = typer.Option(0, help="Seed of the subset when n is smaller than the split."),
-    resolution: int = typer.Option(0, help="Resize images to this size first (0 keeps the native size), as data.resolution."),
+    n: Optional[int] = typer.Option(None, "-n", "--n", min=2, help="Real images (a seeded subset); default: the whole split."),
+    seed: int = typer.Option(0, min=0, help="Seed of the subset when n is smaller than the split."),
+    resolution: int = typer.Option(0, min=0, help="Resize images to this size first (0 keeps the native size), as data.resolution."),
     channels: int = typer.Option(0, help="Convert to 1 or 3 channels first (0 keeps them), as data.channels."),
-    batch_size: int = typer.Option(500, help="Images per feature batch."),
+    batch_size: int = typer.Option(500, min=1, help="Images per feature batch."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     data_root: Optional[Path] = typer.Option(None, help="Where torchvision datasets live."),
 ):
@@ -110,8 +115,10 @@ def ref(
     from .eval.reference import get_reference, load_real
     from .parallel import device_for as select_device
 
-    data_cfg = DataConfig(name=dataset, root=str(data_root) if data_root else "", resolution=resolution,
-                          channels=channels)
+    from .fields import validate
+
+    data_cfg = validate(DataConfig(name=dataset, root=str(data_root) if data_root else "", resolution=resolution,
+                                   channels=channels), "data")
     _, info = load_real(data_cfg, split, 2)
     name, picked = resolve_extractor(features, info)
     ext = get_extractor(name, select_device(device))
@@ -122,15 +129,15 @@ def ref(
 
 def evaluator_train(
     dataset: str = typer.Argument(..., help="A labelled image dataset, e.g. mnist, fashion-mnist, cifar10."),
-    epochs: int = typer.Option(5, help="Passes over the training split."),
-    seed: int = typer.Option(0, help="Seeds the weights, the data order and the augmentation."),
+    epochs: int = typer.Option(5, min=1, help="Passes over the training split."),
+    seed: int = typer.Option(0, min=0, help="Seeds the weights, the data order and the augmentation."),
     out: Optional[Path] = typer.Option(None, help="Weights file (.pt; a .json is written beside it); "
                                                   "default: $GENLAB_CACHE/evaluators/genlab-DATASET.pt."),
-    batch_size: int = typer.Option(128, help="Images per update."),
-    lr: float = typer.Option(3e-3, help="Peak learning rate of the one-cycle schedule (AdamW)."),
-    width: int = typer.Option(24, help="Channels of the first conv block (then 2x and 4x)."),
-    shift: int = typer.Option(2, help="Augmentation: random translations of up to this many pixels."),
-    threads: int = typer.Option(1, help="CPU threads (results are bit-reproducible for a fixed count)."),
+    batch_size: int = typer.Option(128, min=1, help="Images per update."),
+    lr: float = typer.Option(3e-3, min=1e-12, help="Peak learning rate of the one-cycle schedule (AdamW)."),
+    width: int = typer.Option(24, min=1, help="Channels of the first conv block (then 2x and 4x)."),
+    shift: int = typer.Option(2, min=0, help="Augmentation: random translations of up to this many pixels."),
+    threads: int = typer.Option(1, min=0, help="CPU threads (results are bit-reproducible for a fixed count)."),
     data_root: Optional[Path] = typer.Option(None, help="Where torchvision datasets live."),
 ):
     """Train genlab's evaluator CNN on DATASET; it becomes feature extractor genlab-DATASET."""

@@ -41,7 +41,7 @@ def translate(
     input: Optional[str] = typer.Option(None, "--input", "-i", help="A folder of images of the source domain, or a "
                                         "two-domain dataset (mnist-pair, pair:DIR) [default: the run's dataset, test split]."),
     out: Optional[Path] = typer.Option(None, help="Output folder [default: RUN_DIR/translate-DIRECTION]."),
-    n: int = typer.Option(64, "-n", "--n", help="Translate the first N images."),
+    n: int = typer.Option(64, "-n", "--n", min=1, help="Translate the first N images."),
     checkpoint: str = typer.Option("last", help="last | best | step-N."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
 ):

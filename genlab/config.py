@@ -21,88 +21,64 @@ import yaml
 
 from . import registry
 from .errors import ConfigError  # re-exported: callers import it from here
+from .fields import apply_aliases, check, option
 
 
-
-
-def option(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
-           choices: tuple | None = None, aliases: tuple = ()) -> Any:
-    """A dataclass field that declares what it accepts, checked where the config is built:
-    `choices` (allowed values) and `aliases` ((given, meaning) pairs, e.g. YAML's `off` -> False -> "off";
-    matched by type and value, so True never stands for 1)."""
-    meta = {"choices": choices, "aliases": tuple(aliases)}
-    if default_factory is not dataclasses.MISSING:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _declared(f: dataclasses.Field, value: Any, path: str) -> Any:
-    """Apply a field's declared aliases before type checking (see `option`)."""
-    for given, meaning in f.metadata.get("aliases", ()):
-        if type(value) is type(given) and value == given:
-            return meaning
-    return value
-
-
-def _check_declared(f: dataclasses.Field, value: Any, path: str) -> None:
-    choices = f.metadata.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{path} = {value!r} is not allowed (choose from: {', '.join(map(str, choices))})")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    weight_decay: float = 0.0
-    eps: float = 1e-8  # Adam's epsilon
+    lr: float = option(2e-4, gt=0)
+    betas: tuple[float, float] = option((0.5, 0.999), ge=0, lt=1)
+    weight_decay: float = option(0.0, ge=0)
+    eps: float = option(1e-8, gt=0)  # Adam's epsilon
 
 
 @dataclass
 class DataConfig:
     name: str = "mnist"
     root: str = ""  # where torchvision datasets live; "" -> $GENLAB_DATA or ~/.cache/genlab
-    resolution: int = 0  # 0 keeps the dataset's native size; folder: defaults to 64
-    channels: int = 0  # folder: 1 or 3 (0 -> 3)
+    resolution: int = option(0, ge=0, zero="the dataset's native size")  # folder: defaults to 64
+    channels: int = option(0, choices=(0, 1, 3))  # folder: 1 or 3 (0 -> 3)
     binarize: bool = False  # dynamic binarisation: each batch re-sampled as Bernoulli(pixel)
     streaming: bool = False  # folder: decode per batch instead of holding all images in memory
-    n_points: int = 100_000  # toy 2-D mixtures: size of the training pool
-    seed: int = 0  # seeds anything random about the data itself (toy points, stacking)
+    n_points: int = option(100_000, ge=1)  # toy 2-D mixtures: size of the training pool
+    seed: int = option(0, ge=0)  # seeds anything random about the data itself (toy points, stacking)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 5000
-    batch_size: int = 64  # the GLOBAL batch: under torchrun each rank takes batch_size / world_size rows
-    log_every: int = 50
-    sample_every: int = 500
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3  # periodic step-N.pt files kept; last.pt is always kept
-    grid_size: int = 64  # samples in each periodic grid (fixed noise)
-    ema_decay: float = 0.0  # 0 disables; e.g. 0.999 keeps an EMA of the sampling weights
+    steps: int = option(5000, ge=1)
+    batch_size: int = option(64, ge=1)  # the GLOBAL batch: under torchrun each rank takes batch_size / world_size rows
+    log_every: int = option(50, ge=1)
+    sample_every: int = option(500, ge=0, zero="a grid at the last step only")
+    checkpoint_every: int = option(1000, ge=0, zero="a checkpoint at the last step only")
+    keep_checkpoints: int = option(3, ge=0)  # periodic step-N.pt files kept; last.pt is always kept
+    grid_size: int = option(64, ge=1, le=4096)  # samples in each periodic grid (fixed noise)
+    ema_decay: float = option(0.0, ge=0, lt=1, zero="no EMA")  # e.g. 0.999 keeps an EMA of the sampling weights
     # mixed precision of the training step: off | bf16 | fp16 (fp16 with a GradScaler). bf16 runs on
     # CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX); `false` / `true` from older configs mean off / bf16
     amp: str = option("off", choices=("off", "bf16", "fp16"), aliases=((False, "off"), (True, "bf16")))
     compile: bool = False  # torch.compile the nets a training step calls (inductor; CPU needs a C compiler)
     channels_last: bool = False  # conv nets and image batches in channels_last memory format
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
-    threads: int = 0  # torch intra-op threads on CPU; 0 -> all cores
+    threads: int = option(0, ge=0, zero="all cores")  # torch intra-op threads on CPU
 
 
 @dataclass
 class EvalConfig:
-    every: int = 0  # evaluate during training every N steps (0 = never); keeps best.pt by FID
-    n: int = 2000  # generated samples for periodic evaluation (cheap, FID is biased by n)
+    every: int = option(0, ge=0, zero="never")  # evaluate during training every N steps; keeps best.pt by FID
+    n: int = option(2000, ge=2)  # generated samples for periodic evaluation (cheap, FID is biased by n)
     metrics: str = "fid"
     features: str = "auto"
-    ref: str = "test"
-    batch_size: int = 500
+    ref: str = option("test", choices=("train", "test"))
+    batch_size: int = option(500, ge=1)
 
 
 @dataclass
 class DiagnoseConfig:
-    every: int = 0  # run the cheap mode-collapse diagnostics every N steps (0 = never)
-    n: int = 2500
+    every: int = option(0, ge=0, zero="never")  # run the cheap mode-collapse diagnostics every N steps
+    n: int = option(2500, ge=2)
 
 
 @dataclass
@@ -110,7 +86,7 @@ class RunConfig:
     model: str = ""
     family: str = "gan"
     description: str = ""
-    seed: int = 0
+    seed: int = option(0, ge=0, lt=2**63)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     out: str = "runs"
     name: str = ""  # run directory name; "" -> <model>-<dataset>-<timestamp>
@@ -178,7 +154,7 @@ def _merge(base: dict, layer: dict, schema: dict, path: str) -> None:
             raise ConfigError(f"unknown config key '{path}{key}' (valid keys here: {valid})")
         typ, f = schema[key]
         if f is not None:
-            value = _declared(f, value, f"{path}{key}")
+            value = apply_aliases(f, value)
         if dataclasses.is_dataclass(typ):
             _merge(base.setdefault(key, {}), value, _schema(typ), f"{path}{key}.")
         elif isinstance(base.get(key), dict) and isinstance(value, dict):
@@ -200,8 +176,8 @@ def _build_dataclass(cls: type, values: dict, path: str) -> Any:
         if dataclasses.is_dataclass(typ):
             kwargs[f.name] = _build_dataclass(typ, v, sub)
         else:
-            kwargs[f.name] = _coerce(_declared(f, v, sub), typ, sub)
-            _check_declared(f, kwargs[f.name], sub)
+            kwargs[f.name] = _coerce(apply_aliases(f, v), typ, sub)
+            check(f, kwargs[f.name], sub)
     return cls(**kwargs)
 
 

@@ -9,18 +9,19 @@ from torch import Tensor
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, enabled: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool = True, purge_step: int | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
         self._tb = None
         self._tb_dir = Path(run_dir) / "tb"
+        self._purge_step = purge_step  # on resume: TensorBoard discards events logged after the checkpoint
 
     @property
     def tb(self):
         if self._tb is None and self.enabled:
             from torch.utils.tensorboard import SummaryWriter  # slow import: only when logging
 
-            self._tb = SummaryWriter(str(self._tb_dir))
+            self._tb = SummaryWriter(str(self._tb_dir), purge_step=self._purge_step)
         return self._tb
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:

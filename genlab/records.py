@@ -101,4 +101,6 @@ def append_record(path: str | Path, record: dict) -> Path:
     """Append `record` to the JSON list in `path` (newest last), serialised with other writers."""
     path = Path(path)
     with locked(path):
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # a writer killed before its rename
+            stale.unlink(missing_ok=True)  # (we hold the lock: no live writer owns one)
         return write_json_atomic(path, read_records(path) + [record])

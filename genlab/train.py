@@ -29,11 +29,11 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, parallel
-from .config import RunConfig, dump
+from . import checkpoint, parallel, rundir
+from .config import RunConfig, build, dump, saved_layer
 from .data import Shard, load_dataset, make_sampler
 from .ema import EMA
-from .errors import RunError, TrainingDiverged
+from .errors import ConfigError, RunError, TrainingDiverged
 from .families.base import build_family
 from .logger import RunLogger
 from .parallel.modules import to_channels_last
@@ -44,8 +44,10 @@ GRID_SEED_OFFSET = 1_000_003  # fixed noise for grids, independent of the traini
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
-    name = cfg.name or f"{cfg.model}-{cfg.data.name.replace(':', '_').replace('/', '_')}-{datetime.now():%Y%m%d-%H%M%S}"
-    return Path(cfg.out) / name
+    if cfg.name:
+        return Path(cfg.out) / rundir.check_name(cfg.name)
+    data = "".join(c if c.isalnum() or c in "-_." else "_" for c in cfg.data.name)[:40]
+    return Path(cfg.out) / f"{cfg.model}-{data}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def info_to_dict(info) -> dict:
@@ -122,11 +124,43 @@ def autocast(device: torch.device, amp: str):
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False, show_progress: bool = True):
+    """One training run. It owns its run directory for its lifetime (rundir.RunLock, taken here and
+    released when `run` ends): a new run refuses a directory that holds files unless `overwrite`."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False, show_progress: bool = True,
+                 overwrite: bool = False):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.device = parallel.setup(cfg.device)
         self.world = parallel.world()
         self.show_progress = show_progress and self.world.main
+        self.lock = rundir.RunLock(self.run_dir)
+        self._build(cfg)  # data and nets first: a bad config fails before the run directory is touched
+        fresh = not self.run_dir.exists()
+        parallel.on_main(self._own, resume, overwrite)
+        try:
+            if resume:
+                self._resume()
+        except BaseException:
+            self.lock.release()
+            if fresh and self.world.main:
+                rundir.remove_if_unused(self.run_dir)
+            raise
+
+    def _own(self, resume: bool, overwrite: bool) -> None:
+        """Rank 0: refuse a used run directory for a new run (before touching anything), lock it, then
+        clear it (--overwrite) and drop stray temp files."""
+        if not resume and not overwrite:
+            rundir.check_new(self.run_dir)
+        self.lock.acquire()
+        try:
+            if not resume:
+                rundir.check_new(self.run_dir, overwrite)
+            rundir.clean_strays(self.run_dir)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, cfg: RunConfig) -> None:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         _seed_everything(cfg.seed)
@@ -143,18 +177,40 @@ class Trainer:
         self.step, self.wall_time, self.best = 0, 0.0, {}
         self.hooks: list[Hook] = _build_hooks(cfg)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        if resume:
-            path = self.ckpt_dir / "last.pt"
-            self._restore(parallel.on_main(checkpoint.load, path, cfg.model))
         self.logger = RunLogger(self.run_dir, enabled=self.world.main)
         self.window = LossWindow(self.device)
 
+    def _resume(self) -> None:
+        self._restore(parallel.on_main(checkpoint.load, self.ckpt_dir / "last.pt", self.cfg.model))
+        if self.step >= self.cfg.train.steps:
+            raise RunError(f"{self.run_dir} already finished {self.step} steps (train.steps = "
+                           f"{self.cfg.train.steps}); pass a larger --steps to continue training")
+        if self.world.main:
+            rundir.truncate_log(self.run_dir, self.step)  # the lost steps' lines go
+        # TensorBoard hides events after the checkpoint's step, as metrics.jsonl drops them
+        self.logger = RunLogger(self.run_dir, enabled=self.world.main, purge_step=self.step + 1)
+
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
+        """Train to train.steps; the run directory's lock is released however this ends."""
+        try:
+            return self._run()
+        except parallel.DistributedError as e:  # SIGTERM from torchrun: another rank failed
+            raise parallel.DistributedError(f"{e} at step {self.step}; {kept_checkpoint(self.ckpt_dir)}") from None
+        except OSError as e:  # disk full, read-only file system, permissions: say what, where, and what is kept
+            raise RunError(f"{rundir.fs_message(e)}; stopped at step {self.step}, {kept_checkpoint(self.ckpt_dir)}") from None
+        except RuntimeError as e:
+            if self.world.distributed and _is_comm_error(e):
+                raise parallel.DistributedError(
+                    f"lost contact with another rank at step {self.step} ({str(e).strip().splitlines()[0][:160]}); "
+                    f"{kept_checkpoint(self.ckpt_dir)}") from None
+            raise
+        finally:
+            self.logger.close()
+            self.lock.release()
+
+    def _run(self) -> dict:
         cfg = self.cfg.train
-        if self.step >= cfg.steps:
-            raise RunError(f"{self.run_dir} already finished {self.step} steps (train.steps = {cfg.steps}); "
-                           f"pass a larger --steps to continue training")
         if self.world.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump(self.cfg))
@@ -175,20 +231,11 @@ class Trainer:
                     losses = self._log(last_log, t_log, images_per_step, bar)
                     last_log, t_log = self.step, time.perf_counter()
                 self._periodic(self.step, t_start)
-            if self.world.main:
-                log_hparams(self.run_dir, self.cfg, {**losses, "wall_time": self.wall_time}, step=self.step,
-                            writer=self.logger.tb)
-        except parallel.DistributedError as e:  # SIGTERM from torchrun: another rank failed
-            raise parallel.DistributedError(f"{e} at step {self.step}; {kept_checkpoint(self.ckpt_dir)}") from None
-        except RuntimeError as e:
-            if self.world.distributed and _is_comm_error(e):
-                raise parallel.DistributedError(
-                    f"lost contact with another rank at step {self.step} ({str(e).strip().splitlines()[0][:160]}); "
-                    f"{kept_checkpoint(self.ckpt_dir)}") from None
-            raise
         finally:
             bar.close()
-            self.logger.close()
+        if self.world.main:
+            log_hparams(self.run_dir, self.cfg, {**losses, "wall_time": self.wall_time}, step=self.step,
+                        writer=self.logger.tb)
         parallel.barrier()
         return {"step": self.step, "run_dir": str(self.run_dir), "wall_time": self.wall_time, **losses}
 
@@ -212,18 +259,18 @@ class Trainer:
     def _periodic(self, step: int, t_start: float) -> None:
         cfg = self.cfg.train
         final = step == cfg.steps
-        if self.world.main and (step % cfg.sample_every == 0 or final):
+        if self.world.main and (_due(step, cfg.sample_every) or final):
             self.write_grid(step)
         for hook in self.hooks:
-            if step % hook.every == 0 or (final and hook.every > 0):
+            if _due(step, hook.every) or (final and hook.every > 0):
                 metrics = parallel.broadcast_object(hook.fn(self, step))
                 self.logger.scalars(step, metrics, prefix=f"{hook.name}/")
                 self._maybe_best(metrics)
-        if step % cfg.checkpoint_every == 0 or final:
+        if _due(step, cfg.checkpoint_every) or final:
             self.window.check(step, self.ckpt_dir)  # never save a diverged state
             self.wall_time = self._wall_before + time.perf_counter() - t_start
             self.save("last")
-            if step % cfg.checkpoint_every == 0:
+            if _due(step, cfg.checkpoint_every):
                 self.save(f"step-{step}")
                 if self.world.main:
                     checkpoint.prune(self.ckpt_dir, cfg.keep_checkpoints)
@@ -268,6 +315,11 @@ class Trainer:
         parallel.barrier()
 
     def _restore(self, ckpt: dict) -> None:
+        saved = build([saved_layer(ckpt["config"])]).to_dict()
+        differs = rundir.resume_differences(saved, self.cfg.to_dict())
+        if differs:
+            raise ConfigError(f"cannot resume {self.run_dir} with a different {', '.join(differs)}; "
+                              f"train a new run instead")
         state = dict(ckpt["family_state"])
         saved_world = int(ckpt.get("world_size", 1))
         rank_states = ckpt.get("rank_states")
@@ -286,6 +338,11 @@ class Trainer:
         self.sampler.load_state_dict(ckpt["sampler"])
         _set_rng_state(ckpt["rng"])
         self.step, self.wall_time, self.best = ckpt["step"], ckpt.get("wall_time", 0.0), ckpt.get("best", {})
+
+
+def _due(step: int, every: int) -> bool:
+    """A periodic action at this step (every = 0: never periodically; see the config's declarations)."""
+    return every > 0 and step % every == 0
 
 
 def _is_comm_error(e: Exception) -> bool:

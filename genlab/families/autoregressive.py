@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..fields import option
 from ..config import OptimConfig
 from ..nets.pixelcnn import raster_sample
 from ..parallel import prepare_module
@@ -25,11 +26,11 @@ from .base import FamilyBase, Update, bits_per_dim, eval_mode
 class AutoregressiveOptions:
     supports_points = False  # image-only family (read by the registry smoke test)
     net: str = "gated-pixelcnn"  # or pixelcnn
-    width: int = 64
-    layers: int = 10
-    first_kernel: int = 7
+    width: int = option(64, ge=1)
+    layers: int = option(10, ge=1)
+    first_kernel: int = option(7, ge=1)
     class_conditional: bool = False
-    grad_clip: float = 1.0  # 0 disables
+    grad_clip: float = option(1.0, ge=0, zero="no clipping")
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, betas=(0.9, 0.999)))
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..fields import option
 from ..config import ConfigError, OptimConfig, RunConfig
 from ..losses import build_loss
 from ..parallel import prepare_module
@@ -45,19 +46,19 @@ class CycleGANOptions:
 
     generator: str = "cyclegan-g"
     discriminator: str = "patchgan-d"
-    g_width: int = 64  # channels of the first generator conv (paper: 64)
-    d_width: int = 64  # channels of the first PatchGAN conv (paper: 64)
-    n_blocks: int = 9  # generator residual blocks (paper: 9 at 256 px, 6 at 128 px)
-    d_layers: int = 0  # PatchGAN stride-2 layers; 0 -> sized to the data (3 = 70x70 patches)
-    g_norm: str = "instance"
-    d_norm: str = "instance"
+    g_width: int = option(64, ge=1)  # channels of the first generator conv (paper: 64)
+    d_width: int = option(64, ge=1)  # channels of the first PatchGAN conv (paper: 64)
+    n_blocks: int = option(9, ge=0)  # generator residual blocks (paper: 9 at 256 px, 6 at 128 px)
+    d_layers: int = option(0, ge=0, zero="sized to the data")  # PatchGAN stride-2 layers; 0 -> sized to the data (3 = 70x70 patches)
+    g_norm: str = option("instance", choices=("batch", "instance", "layer", "none"))
+    d_norm: str = option("instance", choices=("batch", "instance", "layer", "none"))
     loss: str = "least_squares"
     loss_args: dict = field(default_factory=dict)
-    cycle_weight: float = 10.0
-    identity_weight: float = 0.5  # times cycle_weight (the paper's lambda_identity = 0.5)
-    pool_size: int = 50  # history of generated images shown to the discriminators (0 disables)
-    decay_start: float = 0.5  # fraction of train.steps after which the LR decays linearly to 0
-    bank_size: int = 256  # training A images kept for `sample`
+    cycle_weight: float = option(10.0, ge=0)
+    identity_weight: float = option(0.5, ge=0)  # times cycle_weight (the paper's lambda_identity = 0.5)
+    pool_size: int = option(50, ge=0, zero="no pool")  # history of generated images shown to the discriminators (0 disables)
+    decay_start: float = option(0.5, ge=0, le=1)  # fraction of train.steps after which the LR decays linearly to 0
+    bank_size: int = option(256, ge=1)  # training A images kept for `sample`
     g_optim: OptimConfig = field(default_factory=OptimConfig)  # Adam 2e-4, (0.5, 0.999)
     d_optim: OptimConfig = field(default_factory=OptimConfig)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..fields import option
 from ..config import ConfigError, OptimConfig
 from ..nets.flow_models import flow_log_prob
 from ..nets.flows import Preprocess
@@ -44,16 +45,16 @@ NLL_NOISE_SEED = 0  # log_likelihood draws its dequantisation noise from this se
 class FlowOptions:
     supports_points = False  # image-only family (read by the registry smoke test)
     net: str = "glow"  # or realnvp
-    levels: int = 2  # scales; glow needs sides divisible by 2^levels, realnvp by 2^(levels-1)
-    depth: int = 8  # glow: flow steps per level; realnvp: couplings per stage (paper: 3)
-    hidden: int = 128  # channels of the coupling nets
-    res_blocks: int = 0  # residual blocks inside each coupling net (RealNVP uses several)
-    coupling_scale: str = ""  # sigmoid | tanh; "" -> the net's own (glow: sigmoid, realnvp: tanh)
-    n_bits: int = 8  # model 2^n_bits levels per pixel (Glow used 5 for CelebA-HQ)
-    logit_alpha: float = 0.0  # 0: centre y - 0.5 (Glow); > 0: logit(a + (1 - 2a) y) (RealNVP, 0.05)
-    temperature: float = 1.0  # default sampling temperature (grids, eval); `genlab sample --temperature`
-    grad_clip: float = 50.0  # max gradient norm; 0 disables
-    warmup_steps: int = 200  # linear learning-rate warm-up; 0 disables
+    levels: int = option(2, ge=1)  # scales; glow needs sides divisible by 2^levels, realnvp by 2^(levels-1)
+    depth: int = option(8, ge=1)  # glow: flow steps per level; realnvp: couplings per stage (paper: 3)
+    hidden: int = option(128, ge=1)  # channels of the coupling nets
+    res_blocks: int = option(0, ge=0)  # residual blocks inside each coupling net (RealNVP uses several)
+    coupling_scale: str = option("", choices=("", "sigmoid", "tanh"))  # sigmoid | tanh; "" -> the net's own (glow: sigmoid, realnvp: tanh)
+    n_bits: int = option(8, ge=1, le=8)  # model 2^n_bits levels per pixel (Glow used 5 for CelebA-HQ)
+    logit_alpha: float = option(0.0, ge=0, lt=0.5)  # 0: centre y - 0.5 (Glow); > 0: logit(a + (1 - 2a) y) (RealNVP, 0.05)
+    temperature: float = option(1.0, ge=0)  # default sampling temperature (grids, eval); `genlab sample --temperature`
+    grad_clip: float = option(50.0, ge=0, zero="no clipping")  # max gradient norm
+    warmup_steps: int = option(200, ge=0, zero="no warm-up")  # linear learning-rate warm-up
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, betas=(0.9, 0.999)))
 
 
@@ -78,15 +79,11 @@ class FlowFamily(FamilyBase):
 
     def __init__(self, cfg, info, device: torch.device):
         o: FlowOptions = cfg.options
-        if not 1 <= o.n_bits <= 8:
-            raise ConfigError(f"flow.n_bits must be in 1..8, got {o.n_bits}")
         if info.binarized and o.n_bits != 1:
             raise ConfigError("binarized data has 2 levels per pixel: set flow.n_bits=1")
         if cfg.train.amp != "off":  # log-determinants summed over 784+ dims need float32, not bf16
             raise ConfigError(f"flows compute exact likelihoods in float32: train.amp={cfg.train.amp} is not "
                               f"supported (set train.amp=off)")
-        if o.temperature < 0:
-            raise ConfigError(f"flow.temperature must be >= 0, got {o.temperature}")
         self.opts, self.info, self.device = o, info, device
         net_fn = require("net", o.net, "flow.net", role="flow")
         try:

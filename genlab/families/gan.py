@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..fields import option
 from ..config import OptimConfig, RunConfig
 from ..losses import build_loss, build_regularizers
 from ..parallel import prepare_module, shared_randn
@@ -19,20 +20,23 @@ from ..registry import register, require
 from .base import FamilyBase, Update, eval_mode, in_batches, randn, to_signed
 
 
+NORMS = ("batch", "instance", "layer", "none")
+
+
 @dataclass
 class GANOptions:
     generator: str = "auto"  # a registered net; auto -> dcgan-g for images, mlp-g for points
     discriminator: str = "auto"  # auto -> dcgan-d / mlp-d
-    latent_dim: int = 100
-    g_width: int = 32
-    d_width: int = 32
-    g_norm: str = "batch"
-    d_norm: str = "batch"
+    latent_dim: int = option(100, ge=1)
+    g_width: int = option(32, ge=1)
+    d_width: int = option(32, ge=1)
+    g_norm: str = option("batch", choices=NORMS)
+    d_norm: str = option("batch", choices=NORMS)
     spectral_norm: bool = False  # on every discriminator layer
     loss: str = "non_saturating"
     loss_args: dict = field(default_factory=dict)  # e.g. {a: 0, b: 1, c: 1} for least_squares
     regularizers: list[dict] = field(default_factory=list)
-    n_critic: int = 1
+    n_critic: int = option(1, ge=1)
     g_optim: OptimConfig = field(default_factory=OptimConfig)
     d_optim: OptimConfig = field(default_factory=OptimConfig)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..fields import option
 from ..config import ConfigError, OptimConfig
 from ..nets.vae import OBSERVATION_MODELS, VAEDecoder, VAEEncoder
 from ..parallel import prepare_module, shared_randn
@@ -38,15 +39,15 @@ from .base import FamilyBase, Update, bits_per_dim, eval_mode, in_batches, randn
 @dataclass
 class VAEOptions:
     supports_points = False  # image-only family (read by the registry smoke test)
-    latent_dim: int = 32
-    width: int = 32  # channels of the first conv; doubled at every halving
-    decoder: str = "auto"  # bernoulli | logistic | gaussian; auto: bernoulli if binarized else logistic
-    beta: float = 1.0  # weight of the KL term (beta-VAE); the logged bound always uses 1
-    kl_warmup: int = 0  # steps over which beta ramps linearly from 0 (0 = no warm-up)
-    iw_samples: int = 5000  # k of the importance-weighted log-likelihood estimate
-    iw_batch: int = 2000  # images decoded per forward pass while estimating it
+    latent_dim: int = option(32, ge=1)
+    width: int = option(32, ge=1)  # channels of the first conv; doubled at every halving
+    decoder: str = option("auto", choices=("auto", "bernoulli", "logistic", "gaussian"))  # bernoulli | logistic | gaussian; auto: bernoulli if binarized else logistic
+    beta: float = option(1.0, ge=0)  # weight of the KL term (beta-VAE); the logged bound always uses 1
+    kl_warmup: int = option(0, ge=0, zero="no warm-up")  # steps over which beta ramps linearly from 0
+    iw_samples: int = option(5000, ge=1)  # k of the importance-weighted log-likelihood estimate
+    iw_batch: int = option(2000, ge=1)  # images decoded per forward pass while estimating it
     sample_pixels: bool = False  # sample(): draw the pixels instead of returning the decoder mean
-    grad_clip: float = 0.0  # 0 disables
+    grad_clip: float = option(0.0, ge=0, zero="no clipping")
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, betas=(0.9, 0.999)))
 
 
@@ -69,14 +70,10 @@ class VAEFamily(FamilyBase):
     def __init__(self, cfg, info, device: torch.device):
         o: VAEOptions = cfg.options
         name = o.decoder if o.decoder != "auto" else ("bernoulli" if info.binarized else "logistic")
-        if name not in OBSERVATION_MODELS:
-            raise ConfigError(f"vae.decoder: unknown {o.decoder!r} (auto, {', '.join(OBSERVATION_MODELS)})")
         self.obs = OBSERVATION_MODELS[name]
         if self.obs.needs_binary and not info.binarized:
             raise ConfigError("vae.decoder: bernoulli needs binarized data (data.binarize: true); "
                               "use logistic or gaussian for grey/colour images")
-        if o.iw_samples < 1 or o.iw_batch < 1:
-            raise ConfigError("vae.iw_samples and vae.iw_batch must be >= 1")
         self.opts, self.info, self.device, self.data_cfg = o, info, device, cfg.data
         shape = tuple(info.shape)
         self.encoder, self.encoder_train = prepare_module(VAEEncoder(shape, o.latent_dim, o.width), cfg.train, device)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..fields import option
 from ..config import ConfigError, OptimConfig
 from ..nets.pixelcnn import raster_sample
 from ..nets.quantizer import Quantized, VectorQuantizer, perplexity
@@ -45,17 +46,17 @@ from .vae import load_test_images
 @dataclass
 class VQVAEOptions:
     supports_points = False  # image-only family (read by the registry smoke test)
-    width: int = 64  # channels at the code resolution (half that before it)
-    res_blocks: int = 2
-    downsample: int = 2  # stride-2 stages: 28 -> 7x7 code maps, 32 -> 8x8
-    n_codes: int = 512  # K
-    code_dim: int = 16  # D
-    beta: float = 0.25  # commitment weight
-    codebook_update: str = "ema"  # ema | loss
-    decay: float = 0.99  # EMA decay of the codebook
-    dead_steps: int = 100  # restart a code unused for this many batches (0 disables)
-    recon: str = "auto"  # mse | bernoulli; auto: bernoulli if binarized else mse
-    grad_clip: float = 0.0
+    width: int = option(64, ge=1)  # channels at the code resolution (half that before it)
+    res_blocks: int = option(2, ge=0)
+    downsample: int = option(2, ge=1)  # stride-2 stages: 28 -> 7x7 code maps, 32 -> 8x8
+    n_codes: int = option(512, ge=2)  # K
+    code_dim: int = option(16, ge=1)  # D
+    beta: float = option(0.25, ge=0)  # commitment weight
+    codebook_update: str = option("ema", choices=("ema", "loss"))
+    decay: float = option(0.99, ge=0, lt=1)  # EMA decay of the codebook
+    dead_steps: int = option(100, ge=0, zero="no restarts")  # restart a code unused for this many batches
+    recon: str = option("auto", choices=("auto", "mse", "bernoulli"))  # auto: bernoulli if binarized else mse
+    grad_clip: float = option(0.0, ge=0, zero="no clipping")
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, betas=(0.9, 0.999)))
 
 
@@ -82,12 +83,8 @@ class VQVAEFamily(FamilyBase):
     def __init__(self, cfg, info, device: torch.device):
         o: VQVAEOptions = cfg.options
         recon = o.recon if o.recon != "auto" else ("bernoulli" if info.binarized else "mse")
-        if recon not in ("mse", "bernoulli"):
-            raise ConfigError(f"vqvae.recon: unknown {o.recon!r} (auto, mse, bernoulli)")
         if recon == "bernoulli" and not info.binarized:
             raise ConfigError("vqvae.recon: bernoulli needs binarized data (data.binarize: true)")
-        if o.codebook_update not in ("ema", "loss"):
-            raise ConfigError(f"vqvae.codebook_update: unknown {o.codebook_update!r} (ema, loss)")
         self.opts, self.info, self.device, self.data_cfg, self.recon = o, info, device, cfg.data, recon
         try:
             model = VQVAE(tuple(info.shape), o)
@@ -201,10 +198,10 @@ class PriorOptions:
     vqvae: str = ""  # run directory of a trained vqvae (required); "untrained" for smoke tests only
     checkpoint: str = "last"  # which checkpoint of that run
     net: str = "gated-pixelcnn"  # or pixelcnn
-    width: int = 64
-    layers: int = 8
-    first_kernel: int = 5
-    grad_clip: float = 1.0  # 0 disables
+    width: int = option(64, ge=1)
+    layers: int = option(8, ge=1)
+    first_kernel: int = option(5, ge=1)
+    grad_clip: float = option(1.0, ge=0, zero="no clipping")
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, betas=(0.9, 0.999)))
 
 

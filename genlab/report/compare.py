@@ -38,7 +38,7 @@ def compare(patterns: Iterable[str | Path], out: str | Path | None = None, fmt: 
         from ..errors import RunError
 
         raise RunError("no genlab run directories found in: " + " ".join(map(str, patterns))
-                       + ("".join(f"\n  {w}" for w in warnings)))
+                       + "".join(f"; {w}" for w in warnings))
     table = build_table(run_dirs, sort=sort, warnings=warnings)
     text = {"html": to_html, "md": to_markdown, "csv": to_csv, "json": to_json}[fmt](table)
     if out is not None:
@@ -82,14 +82,26 @@ def _header(col: Column) -> str:
 
 
 # ------------------------------------------------------------------------------ CSV / JSON / Markdown
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A cell a spreadsheet will not run as a formula (OWASP's rule: text starting with = + - @ tab
+    or CR gets a leading apostrophe); numbers stay numbers, so -1.5 is written as -1.5."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def to_csv(table: Table) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["group"] + [c.key for c in table.columns] + ["best", "path"])
+    w.writerow([csv_safe(v) for v in ["group"] + [c.key for c in table.columns] + ["best", "path"]])
     for i in row_order(table):
         best = sorted(table.group_of(i).best.get(i, ()))
-        w.writerow([table.group_of(i).id] + ["" if table.value(i, c.key) is None else table.value(i, c.key)
-                                             for c in table.columns] + [" ".join(best), str(table.runs[i].path)])
+        row = [table.group_of(i).id] + ["" if table.value(i, c.key) is None else table.value(i, c.key)
+                                        for c in table.columns] + [" ".join(best), str(table.runs[i].path)]
+        w.writerow([csv_safe(v) for v in row])
     return buf.getvalue()
 
 

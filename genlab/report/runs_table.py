@@ -124,6 +124,10 @@ def find_runs(patterns: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
 def read_json(path: Path, warnings: list[str] | None = None) -> Any:
     if not path.is_file():
         return None
+    if not inside(path.parent, path):
+        if warnings is not None:
+            warnings.append(f"ignored {path}: a link to outside the run directory")
+        return None
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -228,12 +232,14 @@ def read_run(run_dir: Path, warnings: list[str] | None = None) -> Run:
 
     warnings = [] if warnings is None else warnings
     try:
+        if not inside(run_dir, run_dir / "config.yaml"):
+            raise OSError("a link to outside the run directory")
         config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         warnings.append(f"{run_dir}: unreadable config.yaml ({str(e).splitlines()[0][:100]})")
         config = {}
     config = config if isinstance(config, dict) else {}
-    history = read_metrics(run_dir)
+    history = read_metrics(run_dir) if inside(run_dir, run_dir / "metrics.jsonl") else []
     step, wall = None, None
     if (run_dir / "checkpoints" / "last.pt").is_file():
         try:
@@ -260,8 +266,8 @@ def read_run(run_dir: Path, warnings: list[str] | None = None) -> Run:
     values.update({f"diag.{k}": v for k, v in diag.items()})
     sample, sample_step = latest_sample(run_dir)
     plots += sorted(run_dir.glob("*.png")) + sorted((run_dir / "diagnostics").glob("*.png"))
-    inside = run_dir.resolve()  # never embed files from outside the run (diagnostics.json names them)
-    plots = list(dict.fromkeys(p for p in plots if p.is_file() and p.resolve().is_relative_to(inside)))
+    # never embed files from outside the run (diagnostics.json names them; a symlink may point away)
+    plots = list(dict.fromkeys(p for p in plots if inside(run_dir, p)))
     return Run(run_dir.name, run_dir, config, values, history, sample, sample_step, plots)
 
 
@@ -280,11 +286,20 @@ def _ref_label(info: dict) -> str | None:
     return None if ref is None and ds is None else str(ref if ref is not None else ds)
 
 
+def inside(run_dir: Path, path: Path) -> bool:
+    """`path` is a real file whose resolved location is inside the run (no symlink out of it)."""
+    try:
+        return path.is_file() and path.resolve().is_relative_to(run_dir.resolve())
+    except OSError:
+        return False
+
+
 def latest_sample(run_dir: Path) -> tuple[Path | None, int | None]:
+    """The newest samples/step-N.png of the run, never a file a symlink leads outside the run to."""
     best = None
     for p in (run_dir / "samples").glob("step-*.png"):
         m = re.fullmatch(r"step-(\d+)\.png", p.name)
-        if m and (best is None or int(m.group(1)) > best[1]):
+        if m and inside(run_dir, p) and (best is None or int(m.group(1)) > best[1]):
             best = (p, int(m.group(1)))
     return best if best else (None, None)
 
