@@ -90,13 +90,13 @@ class AutoregressiveFamily(FamilyBase):
 
     @torch.inference_mode()
     def sample(self, n: int, generator: torch.Generator | None = None, y: Tensor | None = None,
-               crop: bool = True) -> Tensor:
+               method: str = "cached") -> Tensor:
         if self.opts.class_conditional and y is None:
             y = torch.randint(self.info.num_classes, (n,), generator=generator)
         y = None if y is None or not self.opts.class_conditional else y.to(self.device)
         with eval_mode(self.net):
             t = raster_sample(self.net, tuple(self.info.shape), n, generator,
-                              lambda v: targets_to_unit(v, self.values), self.device, y, crop)
+                              lambda v: targets_to_unit(v, self.values), self.device, y, method)
         return targets_to_unit(t, self.values)
 
     def state_dict(self) -> dict:

@@ -110,6 +110,12 @@ class PixelCNN(nn.Module):
         self.head = LogitsHead(width, colours, n_values)
         self.cond = nn.Embedding(num_classes, width) if num_classes else None
 
+    def stepper(self, n: int, h: int, w: int, device, y: Tensor | None = None):
+        """Per-position evaluation with activation caches (nets/pixelcnn_sampling.py)."""
+        from .pixelcnn_sampling import PlainStepper
+
+        return PlainStepper(self, n, h, w, device, y)
+
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         h = self.first(self.inp(x))
         bias = self.cond(y)[:, :, None, None] if self.cond is not None and y is not None else 0
@@ -169,6 +175,12 @@ class GatedPixelCNN(nn.Module):
             for i in range(layers))
         self.head = LogitsHead(width, colours, n_values)
 
+    def stepper(self, n: int, h: int, w: int, device, y: Tensor | None = None):
+        """Per-position evaluation with activation caches (nets/pixelcnn_sampling.py)."""
+        from .pixelcnn_sampling import GatedStepper
+
+        return GatedStepper(self, n, h, w, device, y)
+
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         v = h = self.inp(x)
         for layer in self.layers:
@@ -178,19 +190,26 @@ class GatedPixelCNN(nn.Module):
 
 @torch.inference_mode()
 def raster_sample(net: nn.Module, shape: tuple[int, int, int], n: int, generator: torch.Generator | None,
-                  to_input, device, y: Tensor | None = None, crop: bool = True) -> Tensor:
+                  to_input, device, y: Tensor | None = None, method: str = "cached") -> Tensor:
     """Draw n maps of integer values (n, C, H, W) pixel by pixel (and colour by colour) from `net`,
     the one sampler of both PixelCNN families (images and VQ-VAE code maps).
 
     `to_input(values)` turns the values drawn so far into the net's input; `net(x, y)` returns
-    logits (n, C, V, H, W). Output row i depends on input rows <= i only, so with `crop` the net
-    sees rows [0, i] (bottom padding never reaches row i): about half the work of full
-    re-evaluation, with identical results. Multinomial draws come from the CPU `generator`, so a
-    seed gives the same maps on every device."""
+    logits (n, C, V, H, W). Multinomial draws come from the CPU `generator`, so a seed gives the same
+    maps on every device, and the three methods give the same maps for the same seed:
+        cached   per-layer activation caches, each layer run at the new position only (the default)
+        crop     the net on rows [0, i] (output row i depends on input rows <= i only)
+        naive    the whole net on the whole image for every draw (the reference)"""
+    if method == "cached":
+        from .pixelcnn_sampling import cached_sample
+
+        return cached_sample(net, shape, n, generator, to_input, device, y)
+    if method not in ("crop", "naive"):
+        raise ValueError(f"unknown sampling method {method!r} (cached, crop, naive)")
     c, h, w = shape
     t = torch.zeros(n, c, h, w, dtype=torch.long, device=device)
     for i in range(h):
-        rows = slice(0, i + 1) if crop else slice(0, h)
+        rows = slice(0, i + 1) if method == "crop" else slice(0, h)
         for j in range(w):
             for ch in range(c):
                 logits = net(to_input(t[:, :, rows]), y)[:, ch, :, i, j]
