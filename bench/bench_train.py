@@ -1,12 +1,16 @@
-"""Training throughput (images/second) on MNIST for `gan` and `wgan-gp` on this machine.
+"""The training performance table: every default model, fp32-contiguous vs the shipped default.
 
-genlab's path: the dataset lives in memory as one uint8 tensor and batches are drawn by indexing
-a random permutation. The straightforward path: torchvision-style Dataset returning a PIL image
-per sample, a per-sample transform (PILToTensor), and a DataLoader that collates. Both feed the
-same family (same networks, same update), in the same process, one after the other; the figure
-is the median over repeats, and the ratio is what to quote on a noisy machine.
+    python bench/bench_train.py [--models all] [--steps 20] [--repeats 3] [--variants fp32,default]
+    python bench/bench_train.py --variants fp32,cl,bf16,cl+bf16      # what the defaults were chosen from
 
-    python bench/bench_train.py [--steps 30] [--repeats 3] [--workers 0]
+For each model the family is built from its shipped config on bundled MNIST (mnist-pair for
+cyclegan; vqvae-prior on an untrained VQ-VAE) and timed on real batches from genlab's sampler, the
+way the trainer calls it (autocast, channels_last input). Variants: fp32 (amp off, contiguous),
+cl (channels_last), bf16 (bf16 autocast), cl+bf16, default (what configs/<model>.yaml ships).
+Printed per model and variant: images/s (median of --repeats timings of --steps steps, after
+warm-up steps), the ratio to fp32, FLOPs per step (torch.utils.flop_counter, counted on the fp32
+step) and the achieved GFLOP/s as a percentage of the fp32 and bf16 matmul peaks measured in this
+same run (square matmuls, median of repeats). Threads: all cores unless --threads.
 """
 from __future__ import annotations
 
@@ -15,67 +19,142 @@ import statistics
 import time
 
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader
-from torchvision import transforms
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from genlab import config as C
-from genlab.data import BatchSampler, load_dataset
+from genlab.data import DataInfo, load_dataset, make_sampler
 from genlab.families.base import build_family
+from genlab.parallel.modules import to_channels_last
+from genlab.registry import available
+from genlab.train import autocast
+
+VARIANTS = {"fp32": ["train.amp=off", "train.channels_last=false"],
+            "cl": ["train.amp=off", "train.channels_last=true"],
+            "bf16": ["train.amp=bf16", "train.channels_last=false"],
+            "cl+bf16": ["train.amp=bf16", "train.channels_last=true"],
+            "default": []}
+SPECIAL = {"vqvae-prior": ["prior.vqvae=untrained"], "cyclegan": ["data.name=mnist-pair"]}
 
 
-class PerSampleMNIST(torch.utils.data.Dataset):
-    """What torchvision.datasets.MNIST does per item: a PIL image, then the transform."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x.numpy(), y.numpy()
-        self.transform = transforms.PILToTensor()
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.transform(Image.fromarray(self.x[i, 0], mode="L")), int(self.y[i])
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a square matmul in `dtype` (median of repeats, after a warm-up)."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * size ** 3 / statistics.median(times) / 1e9
 
 
-def timed(family, next_batch, steps: int, images_per_step: int) -> float:
-    family.train_step(next_batch(), 0)  # warm-up
-    t = time.perf_counter()
-    for s in range(steps):
-        family.train_step(next_batch(), s)
-    return steps * images_per_step / (time.perf_counter() - t)
+def setup(model: str, variant: str):
+    sets = SPECIAL.get(model, []) + VARIANTS[variant]
+    cfg = C.resolve(model, sets=sets)
+    data = load_dataset(cfg.data, "train")
+    torch.manual_seed(0)
+    family = build_family(cfg, data.info, torch.device("cpu"))
+    per_step = family.batches_per_step
+    sampler = make_sampler(cfg.data, data, cfg.train.batch_size * per_step, 0)
+    return cfg, family, sampler, cfg.train.batch_size * per_step
 
 
-def loader_batches(data, batch: int, workers: int):
-    loader = DataLoader(PerSampleMNIST(data.x, data.y), batch_size=batch, shuffle=True, drop_last=True,
-                        num_workers=workers, persistent_workers=workers > 0)
-    while True:
-        yield from loader
+def step_fn(cfg, family, sampler):
+    state = {"step": 0}
+
+    def one():
+        x, y = sampler.next()
+        if cfg.train.channels_last == "on":
+            x = to_channels_last(x)
+        state["step"] += 1
+        with autocast(torch.device("cpu"), cfg.train.amp):
+            family.train_step((x, y), state["step"])
+    return one
+
+
+class FlopCount(TorchDispatchMode):
+    """torch.utils.flop_counter's per-op formulas (flop_registry), summed over every op dispatched --
+    without FlopCounterMode's module tracking, whose autograd hooks do not support the gradient
+    penalty's autograd.grad."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        if packet in flop_registry:
+            self.total += flop_registry[packet](*args, **kwargs, out_val=out)
+        return out
+
+
+def flops_per_step(model: str) -> float:
+    cfg, family, sampler, _ = setup(model, "fp32")
+    one = step_fn(cfg, family, sampler)
+    one()
+    with FlopCount() as counter:
+        one()
+    return float(counter.total)
+
+
+def images_per_sec(model: str, variants: list[str], steps: int, repeats: int, warmup: int = 3) -> dict:
+    """Median images/s of each variant; the variants take turns within every repeat, so drift on a
+    noisy machine hits them all alike."""
+    runs = {}
+    for v in variants:
+        cfg, family, sampler, images = setup(model, v)
+        runs[v] = (step_fn(cfg, family, sampler), images)
+        for _ in range(warmup):
+            runs[v][0]()
+    rates: dict = {v: [] for v in variants}
+    for _ in range(repeats):
+        for v, (one, images) in runs.items():
+            t = time.perf_counter()
+            for _ in range(steps):
+                one()
+            rates[v].append(steps * images / (time.perf_counter() - t))
+    return {v: statistics.median(r) for v, r in rates.items()}
+
+
+def applicable(model: str, variant: str) -> bool:
+    cfg = C.resolve(model, sets=SPECIAL.get(model, []))
+    return not ("bf16" in variant and cfg.family == "flow")  # flows keep exact float32 log-determinants
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--models", default="all")
+    ap.add_argument("--variants", default="fp32,default")
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=0)
-    ap.add_argument("--models", default="gan,wgan-gp")
+    ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
-    data = load_dataset(C.DataConfig(name="mnist"), "train")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, DataLoader workers={args.workers}")
-    print(f"{'model':<10}{'genlab img/s':>14}{'DataLoader img/s':>18}{'ratio':>8}")
-    for model in args.models.split(","):
-        cfg = C.resolve(model)
-        torch.manual_seed(0)
-        family = build_family(cfg, data.info, torch.device("cpu"))
-        batch = cfg.train.batch_size * getattr(family, "batches_per_step", 1)
-        sampler = BatchSampler(data, batch, seed=0)
-        stream = loader_batches(data, batch, args.workers)
-        ours, theirs = [], []
-        for _ in range(args.repeats):  # interleave so drift hits both equally
-            ours.append(timed(family, sampler.next, args.steps, batch))
-            theirs.append(timed(family, lambda: next(stream), args.steps, batch))
-        a, b = statistics.median(ours), statistics.median(theirs)
-        print(f"{model:<10}{a:>14.0f}{b:>18.0f}{a / b:>8.2f}x")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = available("model") if args.models == "all" else args.models.split(",")
+    fp32_peak, bf16_peak = matmul_peak(torch.float32, repeats=9), matmul_peak(torch.bfloat16, repeats=9)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peaks measured now: "
+          f"fp32 {fp32_peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s; native bf16: "
+          f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
+    print(f"{'model':<16}{'variant':<9}{'img/s':>9}{'vs fp32':>9}{'GFLOP/step':>12}{'GFLOP/s':>9}"
+          f"{'% fp32 pk':>11}{'% bf16 pk':>11}  shipped default")
+    for model in models:
+        flops = flops_per_step(model)
+        shipped = C.resolve(model, sets=SPECIAL.get(model, [])).train
+        variants = [v for v in args.variants.split(",") if applicable(model, v)]
+        rates = images_per_sec(model, variants, args.steps, args.repeats)
+        _, _, _, images = setup(model, "fp32")
+        base = None
+        for variant in variants:
+            ips = rates[variant]
+            base = base or ips
+            gflops = flops * ips / images / 1e9
+            print(f"{model:<16}{variant:<9}{ips:>9.0f}{ips / base:>8.2f}x{flops / 1e9:>12.2f}{gflops:>9.1f}"
+                  f"{100 * gflops / fp32_peak:>10.0f}%{100 * gflops / bf16_peak:>10.0f}%  "
+                  f"amp={shipped.amp} channels_last={shipped.channels_last}", flush=True)
 
 
 if __name__ == "__main__":

@@ -56,11 +56,13 @@ class TrainConfig:
     keep_checkpoints: int = option(3, ge=0)  # periodic step-N.pt files kept; last.pt is always kept
     grid_size: int = option(64, ge=1, le=4096)  # samples in each periodic grid (fixed noise)
     ema_decay: float = option(0.0, ge=0, lt=1, zero="no EMA")  # e.g. 0.999 keeps an EMA of the sampling weights
-    # mixed precision of the training step: off | bf16 | fp16 (fp16 with a GradScaler). bf16 runs on
-    # CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX); `false` / `true` from older configs mean off / bf16
-    amp: str = option("off", choices=("off", "bf16", "fp16"), aliases=((False, "off"), (True, "bf16")))
+    # mixed precision of the training step: auto (the family's measured default, see genlab/speed.py)
+    # | off | bf16 | fp16 (with a GradScaler). bf16 runs on CUDA and on CPUs with native bf16 (AVX512-BF16
+    # / AMX), else float32; `false` / `true` from older configs mean off / bf16
+    amp: str = option("auto", choices=("auto", "off", "bf16", "fp16"), aliases=((False, "off"), (True, "bf16")))
     compile: bool = False  # torch.compile the nets a training step calls (inductor; CPU needs a C compiler)
-    channels_last: bool = False  # conv nets and image batches in channels_last memory format
+    # conv nets and image batches in channels_last memory format: auto (the family's measured default) | on | off
+    channels_last: str = option("auto", choices=("auto", "on", "off"), aliases=((True, "on"), (False, "off")))
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     threads: int = option(0, ge=0, zero="all cores")  # torch intra-op threads on CPU
 
@@ -95,6 +97,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
     options: Any = None  # the family's Options dataclass; serialised under the family's name
+    # written by genlab, not read: what the run computed with (precision, channels_last, device)
+    resolved: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}

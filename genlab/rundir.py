@@ -157,7 +157,7 @@ def fs_message(e: OSError) -> str:
 # is trained on what (which the checkpoint's weights and optimizer state depend on).
 RESUMABLE = ("train.steps", "train.log_every", "train.sample_every", "train.checkpoint_every",
              "train.keep_checkpoints", "train.grid_size", "train.threads", "train.compile", "train.channels_last",
-             "train.sync_bn", "device", "eval.", "diagnose.", "description", "out", "name", "data.root")
+             "train.sync_bn", "device", "eval.", "diagnose.", "description", "out", "name", "data.root", "resolved.")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, parallel, rundir
 from .config import RunConfig, build, dump, saved_layer
+from .cores import CoreShare
+from .cores import describe as describe_cores
 from .data import Shard, load_dataset, make_sampler
 from .ema import EMA
 from .errors import ConfigError, RunError, TrainingDiverged
@@ -161,8 +163,8 @@ class Trainer:
             raise
 
     def _build(self, cfg: RunConfig) -> None:
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+        self.cores = CoreShare(cfg.train.threads)
+        self._share_cores(announce=True)
         _seed_everything(cfg.seed)
         self.data = None if cfg.data.streaming else load_dataset(cfg.data, split="train")
         self.info = self.data.info if self.data is not None else None
@@ -208,6 +210,7 @@ class Trainer:
         finally:
             self.logger.close()
             self.lock.release()
+            self.cores.release()
 
     def _run(self) -> dict:
         cfg = self.cfg.train
@@ -241,7 +244,7 @@ class Trainer:
 
     def _one_step(self, step: int) -> None:
         x, y = self.sampler.next()
-        if self.cfg.train.channels_last:
+        if self.cfg.train.channels_last == "on":
             x = to_channels_last(x)
         with autocast(self.device, self.cfg.train.amp):
             losses = self.family.train_step((x, y), step)
@@ -253,8 +256,22 @@ class Trainer:
         losses = self.window.read(self.step, self.ckpt_dir)
         ips = (self.step - last_log) * images_per_step / max(time.perf_counter() - t_log, 1e-9)
         self.logger.scalars(self.step, {**losses, "images_per_sec": ips}, prefix="train/")
-        bar.set_postfix({k: f"{v:.3g}" for k, v in list(losses.items())[:4]}, refresh=False)
+        shown = {k: f"{v:.3g}" for k, v in list(losses.items())[:4]}
+        self._best_ips = max(getattr(self, "_best_ips", 0.0), ips)
+        if ips < 0.5 * self._best_ips:  # something else took the cores (another run, a test suite ...)
+            shown["slow"] = f"{ips:.0f} img/s, {100 * ips / self._best_ips:.0f}% of best"
+        bar.set_postfix(shown, refresh=False)
+        self._share_cores()
         return losses
+
+    def _share_cores(self, announce: bool = False) -> None:
+        """Use this trainer's share of the cores (see genlab/cores.py); say so when it changes."""
+        threads = self.cores.threads()
+        if threads != torch.get_num_threads() or announce:
+            torch.set_num_threads(threads)
+            others = self.cores.others() if not self.cores.fixed else 0
+            if others and self.world.main:
+                tqdm.write(f"note: {describe_cores(threads, others)}", file=sys.stderr)
 
     def _periodic(self, step: int, t_start: float) -> None:
         cfg = self.cfg.train

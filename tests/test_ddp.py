@@ -20,8 +20,9 @@ from genlab import config as C
 from genlab.train import Trainer
 
 HERE = Path(__file__).parent
+# float32 and contiguous: the parity checked here is the data parallelism's, not bf16 rounding's
 COMMON = ["train.batch_size=8", "train.log_every=1", "train.sample_every=1000", "train.checkpoint_every=1000",
-          "train.grid_size=4"]
+          "train.grid_size=4", "train.amp=off", "train.channels_last=off"]
 # Tiny nets on bundled MNIST. gan uses sync_bn (its DCGAN nets have BatchNorm); wgan-gp's critic is
 # BN-free (layer norm); vqvae restarts dead codes after 2 idle batches, so restarts happen here.
 #

@@ -160,3 +160,29 @@ def test_resume_refuses_a_changed_architecture_naming_the_keys(tmp_path):
         Trainer(_cfg(tmp_path, "r", 4), run, show_progress=False)
     Trainer(_cfg(tmp_path, "r", 3), run, show_progress=False, overwrite=True).run()  # --overwrite replaces it
     assert checkpoint.load(run / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_co_running_trainers_share_the_cores(tmp_path, monkeypatch):
+    """A trainer with train.threads 0 takes cores // (trainers running): another live trainer halves
+    its share, and the share comes back when that trainer is gone (even killed with SIGKILL)."""
+    from genlab import cores
+
+    monkeypatch.setenv("GENLAB_CACHE", str(tmp_path))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cores, "cores", lambda: 4)
+    code = ("import time; from genlab.cores import CoreShare; c = CoreShare(0); print('ready', flush=True); "
+            "time.sleep(60)")
+    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "GENLAB_CACHE": str(tmp_path)})
+    try:
+        assert other.stdout.readline().strip() == "ready"
+        me = cores.CoreShare(0)
+        assert me.others() == 1 and me.threads() == 2
+        assert cores.CoreShare(3).threads() == 3  # a fixed train.threads is used as it is
+        other.send_signal(signal.SIGKILL)
+        other.wait(timeout=30)
+        assert me.others() == 0 and me.threads() == 4
+        me.release()
+    finally:
+        if other.poll() is None:
+            other.kill()

@@ -186,7 +186,7 @@ def test_channels_last_and_compile_change_no_result(tmp_path, option):
     model, data = ("wgan-gp", "data.name=ring8") if "compile" in option else ("gan", "data.name=mnist")
     sets = ["gan.g_width=8", "gan.d_width=8", "train.batch_size=8", "train.steps=3", "train.log_every=1",
             "train.sample_every=100", "train.grid_size=4", data, f"out={tmp_path}",
-            "gan.g_optim.eps=1e-4", "gan.d_optim.eps=1e-4"]
+            "gan.g_optim.eps=1e-4", "gan.d_optim.eps=1e-4", "train.amp=off", "train.channels_last=off"]
     results = {}
     for name, extra in (("plain", []), ("option", [option])):
         Trainer(C.resolve(model, sets=sets + extra), tmp_path / name, show_progress=False).run()

@@ -80,6 +80,8 @@ class FamilyBase:
 
     capabilities: frozenset[str] = frozenset()
     sample_options: tuple[SampleOption, ...] = ()
+    # measured CPU defaults per data kind for train.amp / channels_last = auto (genlab/speed.py)
+    speed: dict[str, dict] = {}
     batches_per_step: int = 1
     rank_local_state: tuple[str, ...] = ()
     device: torch.device
@@ -87,11 +89,16 @@ class FamilyBase:
 
 
 def build_family(cfg: RunConfig, info: Any, device: torch.device) -> Family:
+    """The family of `cfg` for this data on `device`; resolves cfg.train.amp / channels_last (in place)
+    from the family's declared speed defaults and the hardware first (genlab/speed.py)."""
+    from .. import speed
+
     cls = registry.get("family", cfg.family)
     # Families declare `supports_points = False` on their Options; the check lives here, once.
     if info.kind != "image" and not getattr(cls.Options, "supports_points", True):
         raise ConfigError(f"the {cfg.family} family models images; {info.name!r} is {info.kind} data "
                           f"(2-D points need a GAN)")
+    speed.resolve(cfg, cls, info, torch.device(device))
     return cls(cfg, info, device)
 
 

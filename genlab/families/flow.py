@@ -74,6 +74,7 @@ def discretization_nats(dims: int, n_bits: int) -> float:
 class FlowFamily(FamilyBase):
     Options = FlowOptions
     capabilities = frozenset({"sample", "log_likelihood"})
+    speed = {"image": {"channels_last": True}}  # measured ~1.15-1.25x; exact likelihoods keep float32
     sample_options = (SampleOption("temperature", float, "Sampling temperature: scale of the latent noise, "
                                                         "e.g. 0.7 (default: flow.temperature)"),)
 

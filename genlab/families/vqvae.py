@@ -79,6 +79,7 @@ class VQVAEFamily(FamilyBase):
     Options = VQVAEOptions
     # sample(): the documented unigram fallback (see the module docstring); vqvae-prior samples for real
     capabilities = frozenset({"sample", "reconstruct", "encode", "interpolate", "codebook"})
+    speed = {"image": {"channels_last": True}}  # measured ~1.3x; float32 (bf16 adds little on top)
 
     def __init__(self, cfg, info, device: torch.device):
         o: VQVAEOptions = cfg.options

@@ -87,7 +87,7 @@ def prepare_module(module: nn.Module, train_cfg, device: torch.device) -> tuple[
     module = module.to(device)
     if train_cfg.sync_bn and w.distributed and _has_batchnorm(module):
         module = convert_sync_batchnorm(module, device)
-    if train_cfg.channels_last:
+    if train_cfg.channels_last in ("on", True):
         module = module.to(memory_format=torch.channels_last)
     view: nn.Module = module
     if w.distributed and any(p.requires_grad for p in module.parameters()):

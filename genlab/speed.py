@@ -1,0 +1,64 @@
+"""How a run computes: precision and memory format, resolved from the config, the family's measured
+defaults and the hardware -- once, where the family is built -- and recorded with the run.
+
+`train.amp: auto` and `train.channels_last: auto` take the family's declared `speed` defaults for the
+data kind (chosen with bench/bench_train.py on this project's 2-core AVX512-BF16 CPU, quality checked
+against fp32 runs of two seeds; see the README's performance section). bf16 -- asked for or chosen --
+runs where the hardware has it natively: CUDA, or a CPU with AVX512-BF16 / AMX; elsewhere the step
+falls back to float32 and says so. What was used lands in `cfg.resolved` (config.yaml's `resolved:`
+section) and in every evaluation record.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmul on this CPU (oneDNN's check; /proc/cpuinfo's flags where that is missing)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def native(amp: str, device: torch.device) -> bool:
+    if amp == "off" or device.type == "cuda":
+        return True
+    return amp == "bf16" and cpu_has_bf16()  # fp16 on CPU runs, but emulated (slow): allowed when asked
+
+
+def resolve(cfg, family_cls, info, device: torch.device) -> None:
+    """Make cfg.train.amp / channels_last concrete for this family, data and device (in place), and
+    record what the run computes with in cfg.resolved."""
+    t = cfg.train
+    defaults = family_cls.speed.get(info.kind, {})
+    asked_amp = t.amp
+    amp = defaults.get("amp", "off") if t.amp == "auto" else t.amp
+    note = ""
+    if amp == "bf16" and not native(amp, torch.device(device)):
+        note = " (bf16 asked, but this CPU has no native bf16: float32 instead)" if asked_amp == "bf16" else ""
+        amp = "off"
+    cl = t.channels_last
+    channels_last = bool(defaults.get("channels_last", False)) if cl == "auto" else cl == "on"
+    t.amp, t.channels_last = amp, "on" if channels_last else "off"
+    precision = {"off": "float32", "bf16": "bf16 autocast", "fp16": "fp16 autocast + GradScaler"}[amp]
+    cfg.resolved = {"precision": precision + note, "channels_last": channels_last,
+                    "device": str(device), "source": _source(asked_amp, cl)}
+
+
+def _source(amp: str, channels_last: str) -> str:
+    parts = [f"amp {'the family default' if amp == 'auto' else 'as configured'}",
+             f"channels_last {'the family default' if channels_last == 'auto' else 'as configured'}"]
+    return ", ".join(parts)
+
+
+def uses_channels_last(train_cfg) -> bool:
+    return train_cfg.channels_last in ("on", True)
