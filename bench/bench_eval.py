@@ -1,7 +1,14 @@
-"""Seconds for every sample-quality metric on N generated MNIST samples: genlab's one feature pass
-versus separate torchmetrics metric objects (each re-extracting features), in the same process.
+"""How long evaluation takes: `genlab eval -n N` for every default model, and genlab's one feature
+pass versus separate torchmetrics metric objects (each re-extracting features), in the same process.
 
-    python bench/bench_eval.py [RUN_DIR] [--n 10000] [--threads 1]
+    python bench/bench_eval.py [RUN_DIR] [--n 10000] [--threads 0] [--families all|none|gan,vae,...]
+
+Part 1 (--families): for each default model, an untrained family of its shipped config (the timing
+does not depend on what the weights learned; vqvae-prior on an untrained VQ-VAE, cyclegan on
+mnist-pair) evaluated by genlab.eval.evaluate exactly as `genlab eval -n N` does, with the family's
+default --n-test; printed: total seconds and the record's own breakdown.
+
+Part 2:
 
 Without RUN_DIR an untrained GAN (`genlab.config.resolve("gan")`) provides the samples: the timing
 does not depend on sample quality. Both sides use the genlab-mnist extractor and the same images:
@@ -25,6 +32,46 @@ import torch
 from torch import nn
 
 
+def family_table(models: str, n: int) -> None:
+    """Part 1: seconds of genlab's evaluation of every default model (see the module docstring)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from genlab import config as C
+    from genlab.data import load_dataset
+    from genlab.eval.evaluate import evaluate
+    from genlab.families.base import build_family
+    from genlab.registry import available
+
+    names = available("model") if models == "all" else models.split(",")
+    special = {"vqvae-prior": ["prior.vqvae=untrained"]}
+    print(f"genlab eval -n {n} (untrained weights of each default config), {torch.get_num_threads()} threads")
+    print(f"{'model':<16}{'seconds':>9}  what was measured (record's seconds)")
+    for model in names:
+        cfg = C.resolve(model, sets=special.get(model, []))
+        info = load_dataset(cfg.data, "test").info
+        torch.manual_seed(0)
+        family = build_family(cfg, info, torch.device("cpu"))
+        if "translate" in family.capabilities:  # translation samples come from its bank of A images
+            family.train_step(next(iter([_pair_batch(cfg)])), 1)
+        run = SimpleNamespace(family=family, info=info, cfg=cfg, step=0, checkpoint="untrained",
+                              sampling=contextlib.nullcontext, run_dir=None)
+        t = time.perf_counter()
+        record = evaluate(run, n=n, log=lambda m: None)
+        total = time.perf_counter() - t
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in record["seconds"].items())
+        n_test = record["metrics"].get("n_nll") or record["metrics"].get("n_recon")
+        what = f"{', '.join(k for k in record['metrics'] if not k.startswith('n_'))[:60]}"
+        print(f"{model:<16}{total:>9.1f}  {what}{f'; n_test {n_test}' if n_test else ''} ({parts})", flush=True)
+
+
+def _pair_batch(cfg):
+    from genlab.data import load_dataset, make_sampler
+
+    data = load_dataset(cfg.data, "train")
+    return make_sampler(cfg.data, data, cfg.train.batch_size, 0).next()
+
+
 class FeatureModule(nn.Module):
     """The extractor as a torchmetrics `feature=` module: features (FID/KID) or logits (IS)."""
 
@@ -43,10 +90,14 @@ def main() -> None:
     ap.add_argument("run_dir", nargs="?", help="a genlab run directory (default: an untrained GAN)")
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--batch-size", type=int, default=500)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="0: torch's default (all cores)")
+    ap.add_argument("--families", default="all", help="models for part 1 (all, none, or a list)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
+    if args.families != "none":
+        family_table(args.families, args.n)
 
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.inception import InceptionScore

@@ -25,7 +25,7 @@ def eval_(
     run_dir: Optional[Path] = typer.Argument(None, help="A run directory written by `genlab train` (omit with --real-vs-real)."),
     n: int = typer.Option(10000, "-n", "--n", min=2, help="Generated samples; the reference uses as many real images (at most the split size). Compare FID only at equal n."),
     metrics: str = typer.Option("auto", help="Sample metrics: auto (every one that applies), a comma-separated list (`genlab list measures`), or none (NLL / reconstruction only)."),
-    n_test: Optional[int] = typer.Option(None, "--n-test", min=1, help="Real test images for NLL / bits/dim / reconstruction (default: --n)."),
+    n_test: Optional[int] = typer.Option(None, "--n-test", min=1, help="Real test images for NLL / bits/dim / reconstruction (default: --n, or the family's own default where its likelihood is expensive: vae 500)."),
     features: str = typer.Option("auto", help="Feature extractor: auto (genlab-mnist for 1x28x28, else inception), genlab-mnist, inception, genlab-DATASET."),
     ref: str = typer.Option("test", help="Reference split of the run's dataset: train | test."),
     checkpoint: str = typer.Option("last", help="last | best | step-N."),

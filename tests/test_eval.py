@@ -11,6 +11,7 @@ from genlab import config as C
 from genlab.cli import app
 from genlab.data import DataInfo
 from genlab.errors import GenlabError
+from genlab.families.base import FamilyBase
 from genlab.eval.evaluate import evaluate, real_vs_real, sample_features
 from genlab.eval.features import get_extractor
 from genlab.eval.metrics import compute_all
@@ -90,11 +91,10 @@ def test_real_vs_real_floor_is_small():
     assert abs(rec["metrics"]["kid_mean"]) < 2 and min(rec["metrics"]["precision"], rec["metrics"]["recall"]) > 0.8
 
 
-class UniformFamily:
+class UniformFamily(FamilyBase):
     """A fake family: uniform noise images, and the log-likelihood of the uniform 256-level model."""
     device = torch.device("cpu")
     capabilities = frozenset({"sample", "log_likelihood"})
-    sample_options = ()
 
     def sample(self, n, generator=None):
         return torch.rand((n, 1, 28, 28), generator=generator)
@@ -146,7 +146,7 @@ def test_metrics_none_scores_test_images_only_and_n_test_is_separate(tmp_path):
     rec = evaluate(run, n=50, metrics="none", n_test=120, log=lambda m: None)
     assert rec["metrics"]["n_nll"] == rec["metrics"]["n_recon"] == 120
     assert "fid" not in rec["metrics"] and "extractor" not in rec and rec["test_split"] == "test"
-    sampler_only = type("SamplerOnly", (), {"capabilities": frozenset({"sample"}), "device": torch.device("cpu")})()
+    sampler_only = type("SamplerOnly", (FamilyBase,), {"capabilities": frozenset({"sample"}), "device": torch.device("cpu")})()
     gan = _fake_run(tmp_path, sampler_only, DataInfo("mnist", "image", (1, 28, 28), 10))
     with pytest.raises(GenlabError, match="nothing to measure"):
         evaluate(gan, n=50, metrics="none")

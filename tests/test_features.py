@@ -203,3 +203,21 @@ def test_reference_subset_is_seeded_and_clamped(ext, cache):
     assert torch.equal(a, R.load_real(data, "test", 100, seed=0)[0])
     assert not torch.equal(a, R.load_real(data, "test", 100, seed=1)[0])
     assert R.load_real(data, "test", 10**6)[0].shape[0] == 10000
+
+
+def test_reference_keeps_its_knn_radii_and_metrics_do_not_change(ext, cache):
+    """The real features' k-NN radii (PR / DC) are computed once and stored with the cached reference;
+    precision, recall, density and coverage are the same with them as without."""
+    from genlab.eval.metrics import compute_all, knn_radii
+
+    data = DataConfig(name="mnist")
+    ref = R.get_reference(data, "test", 300, ext, log=lambda m: None)
+    assert ref.radii == {}
+    radii = ref.knn_radii([3, 5])
+    assert torch.equal(radii[3], knn_radii(ref.features, [3])[3])
+    again = R.get_reference(data, "test", 300, ext, log=lambda m: None)  # from the cache file
+    assert again.status == "hit" and set(again.radii) == {3, 5} and torch.equal(again.radii[5], radii[5])
+    fake = R.get_reference(data, "train", 300, ext, log=lambda m: None).features
+    plain = compute_all(ref.features, fake, None, ("pr", "dc"))
+    cached = compute_all(ref.features, fake, None, ("pr", "dc"), real_radii=again.radii)
+    assert plain == cached

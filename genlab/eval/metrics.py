@@ -267,7 +267,7 @@ def _blocks(queries, centres):
         yield torch.cdist(queries[i:i + rows], centres)
 
 
-def _knn_radii(x, ks) -> dict[int, torch.Tensor]:
+def knn_radii(x, ks) -> dict[int, torch.Tensor]:
     """Distance from each row of x to its k-th nearest other row, for each k in ks (streamed)."""
     kmax = max(ks)
     if min(ks) < 1 or kmax >= x.shape[0]:
@@ -280,10 +280,14 @@ def _knn_radii(x, ks) -> dict[int, torch.Tensor]:
     return {k: best[k] for k in ks}
 
 
-def _manifold_metrics(real, fake, pr_k: int | None, dc_k: int | None) -> dict[str, float]:
-    """Precision/recall (k=pr_k) and/or density/coverage (k=dc_k) sharing the distance passes."""
+def _manifold_metrics(real, fake, pr_k: int | None, dc_k: int | None, real_radii: dict | None = None) -> dict[str, float]:
+    """Precision/recall (k=pr_k) and/or density/coverage (k=dc_k) sharing the distance passes;
+    `real_radii` {k: radii}: the real features' k-NN radii when already known (cached with a reference)."""
     real, fake = _pair(real, fake)
-    r_rad = _knn_radii(real, [k for k in (pr_k, dc_k) if k])
+    ks = [k for k in (pr_k, dc_k) if k]
+    r_rad = {k: v.to(real) for k, v in (real_radii or {}).items() if k in ks}
+    if len(r_rad) < len(set(ks)):
+        r_rad.update(knn_radii(real, [k for k in ks if k not in r_rad]))
     out = {}
     in_real = in_dense = 0
     nearest_fake = torch.full_like(real[:, 0], float("inf"))
@@ -294,7 +298,7 @@ def _manifold_metrics(real, fake, pr_k: int | None, dc_k: int | None) -> dict[st
             in_dense += (d < r_rad[dc_k]).sum().item()
             nearest_fake = torch.minimum(nearest_fake, d.min(0).values)
     if pr_k:
-        f_rad = _knn_radii(fake, [pr_k])[pr_k]
+        f_rad = knn_radii(fake, [pr_k])[pr_k]
         in_fake = sum((d <= f_rad).any(1).sum().item() for d in _blocks(real, fake))  # real vs fake balls
         out.update(precision=in_real / fake.shape[0], recall=in_fake / real.shape[0])
     if dc_k:
@@ -318,7 +322,8 @@ def density_coverage(real, fake, k: int = 5) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- all at once
 def compute_all(real_feats, fake_feats, fake_probs=None, metrics=ALL_METRICS, *,
                 kid_subsets: int = 100, kid_subset_size: int = 1000, is_splits: int = 10,
-                pr_k: int = 3, dc_k: int = 5, n_boot: int = 0, seed: int = 0) -> dict[str, float]:
+                pr_k: int = 3, dc_k: int = 5, n_boot: int = 0, seed: int = 0,
+                real_radii: dict | None = None) -> dict[str, float]:
     """Every requested metric from one set of features.
 
     metrics: subset of ("fid", "kid", "is", "pr", "dc"). Keys: fid, kid_mean, kid_std, is_mean, is_std,
@@ -346,5 +351,5 @@ def compute_all(real_feats, fake_feats, fake_probs=None, metrics=ALL_METRICS, *,
         out["is_mean"], out["is_std"] = inception_score(fake_probs, splits=is_splits)
     if "pr" in metrics or "dc" in metrics:
         out.update(_manifold_metrics(real, fake, pr_k if "pr" in metrics else None,
-                                     dc_k if "dc" in metrics else None))
+                                     dc_k if "dc" in metrics else None, real_radii))
     return out

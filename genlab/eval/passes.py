@@ -45,7 +45,8 @@ def sample_features(sample: Callable[[int, torch.Generator], Tensor], n: int, ex
         raise GenlabError(f"--batch-size must be positive, got {batch_size}")
 
     def one(index: int, start: int, size: int):
-        x = sample(size, torch.Generator().manual_seed(batch_seed(seed, index)))
+        with torch.inference_mode():
+            x = sample(size, torch.Generator().manual_seed(batch_seed(seed, index)))
         if tuple(x.shape[1:]) != tuple(shape):
             raise GenlabError(f"samples have shape {tuple(x.shape[1:])}, the data {tuple(shape)}")
         f, p = extractor.features_and_probs(x)
@@ -77,7 +78,7 @@ def likelihood(family, images: Tensor, batch_size: int, seed: int = 0) -> dict[s
     device = getattr(family, "device", "cpu")
 
     def one(index: int, start: int, size: int) -> Tensor:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(batch_seed(seed, index))
             logp = family.log_likelihood(images[start:start + size].to(device))
         return torch.as_tensor(logp).double().cpu().reshape(-1)
@@ -97,7 +98,7 @@ def reconstruction(family, images: Tensor, batch_size: int) -> dict[str, float]:
 
     def one(index: int, start: int, size: int) -> float:
         x = images[start:start + size]
-        with torch.no_grad():
+        with torch.inference_mode():
             return (family.reconstruct(x.to(device)).float().cpu() - x.float() / 255).pow(2).double().sum().item()
 
     se = sum(sharded_map(one, len(images), batch_size, "reconstruction"))

@@ -52,10 +52,25 @@ class Reference:
     key: dict
     path: Path | None = None
     status: str = "computed"  # "hit" | "computed" | "recomputed (reason)" | "uncached"
+    radii: dict = dataclasses.field(default_factory=dict)  # k -> k-NN radii of the features (PR / DC)
 
     @property
     def n(self) -> int:
         return int(self.features.shape[0])
+
+    def knn_radii(self, ks) -> dict:
+        """k-th nearest-neighbour radii of the real features for each k (precision/recall, density/
+        coverage): they depend on the reference alone, so they are computed once and kept in its
+        cache file, which saves one of the four k-NN passes of every later evaluation."""
+        from .metrics import knn_radii
+
+        missing = sorted({k for k in ks if k} - set(self.radii))
+        if missing:
+            self.radii.update(knn_radii(self.features, missing))
+            if self.path is not None:
+                save_atomic({"key": self.key, "features": self.features, "probs": self.probs, "mu": self.mu,
+                             "sigma": self.sigma, "radii": self.radii}, self.path)
+        return {k: self.radii[k] for k in ks if k}
 
 
 def ref_dir() -> Path:
@@ -141,7 +156,10 @@ def _load_cached(path: Path, key: dict, log) -> Reference | None:
     if reason:
         log(f"reference cache {path} is stale ({reason}); recomputing")
         return None
-    return Reference(feats, probs, mu, sigma, saved, path, "hit")
+    radii = obj.get("radii") or {}
+    if not all(isinstance(r, Tensor) and r.shape == (key["n"],) for r in radii.values()):
+        radii = {}
+    return Reference(feats, probs, mu, sigma, saved, path, "hit", dict(radii))
 
 
 def compute_features(images: Tensor, extractor: Extractor, batch_size: int = REF_BATCH):

@@ -82,6 +82,9 @@ class FamilyBase:
     sample_options: tuple[SampleOption, ...] = ()
     # measured CPU defaults per data kind for train.amp / channels_last = auto (genlab/speed.py)
     speed: dict[str, dict] = {}
+    # test images `genlab eval` scores likelihood / reconstruction on when --n-test is not given
+    # (None: as many as --n); for families whose likelihood is expensive per image
+    eval_n_test: int | None = None
     batches_per_step: int = 1
     rank_local_state: tuple[str, ...] = ()
     device: torch.device

@@ -66,6 +66,11 @@ def log_normal(z: Tensor, mean: Tensor | float = 0.0, logvar: Tensor | float = 0
 class VAEFamily(FamilyBase):
     Options = VAEOptions
     capabilities = frozenset({"sample", "log_likelihood", "reconstruct", "encode", "interpolate"})
+    # channels_last: ~1.5x faster IWAE decoding (the likelihood itself stays float32), neutral in training
+    speed = {"image": {"channels_last": True}}
+    # an IWAE estimate with k = 5,000 costs ~1 s per test image on 2 CPU cores: 500 images (standard
+    # error ~1 nat) unless --n-test asks for more (all 10,000: about 3 hours)
+    eval_n_test = 500
 
     def __init__(self, cfg, info, device: torch.device):
         o: VAEOptions = cfg.options
