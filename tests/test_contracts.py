@@ -103,7 +103,17 @@ def _classifier(cls, shape):
     assert cls(shape, num_classes=10, width=4)(torch.rand(2, *shape)).shape == (2, 10)
 
 
-ROLE_CONTRACTS = {"generator": _gen, "discriminator": _disc, "translator": _translator, "flow": _flow,
+def _denoiser(cls, shape):
+    net = cls(shape, width=8, num_classes=10, **({"mults": (1, 2)} if len(shape) == 3 else {}))
+    x, t = torch.randn(3, *shape), torch.rand(3)
+    assert torch.equal(net(x, t), torch.zeros_like(x)), "zero-initialised output: the first step starts calm"
+    torch.nn.init.normal_(list(net.parameters())[-2])  # make the output layer live
+    with_label, no_label = net(x, t, torch.tensor([1, 2, 10])), net(x, t, None)  # 10 = the "no label" class
+    assert with_label.shape == x.shape and torch.allclose(with_label[2], no_label[2], atol=1e-6)
+    assert not torch.allclose(net(x, t * 0.5), no_label), "the output depends on t"
+
+
+ROLE_CONTRACTS = {"denoiser": _denoiser, "generator": _gen, "discriminator": _disc, "translator": _translator, "flow": _flow,
                   "autoregressive": _autoregressive, "gaussian-encoder": _gaussian_encoder, "decoder": _decoder,
                   "map-encoder": _map_encoder, "map-decoder": _map_decoder, "quantizer": _quantizer,
                   "classifier": _classifier}
