@@ -5,7 +5,9 @@
   with the time (and class) embedding added in between; `levels` resolutions, each halving the
   size and multiplying the width by `mults[i]`; optional self-attention at the lowest resolution;
   skip connections from every down block to its up block. Sized from the data shape: any size
-  whose halvings stay integral, any channel count -- one class for every resolution.
+  whose halvings stay integral, any channel count -- one class for every resolution. `patch` p > 1
+  first folds p x p pixel blocks into channels (pixel_unshuffle) and unfolds them at the end, so
+  the net works at 1/p the resolution (28x28 MNIST at 14x14: a quarter of the cost per level).
 - `mlp-denoiser`: the same time embedding for 2-D points (ring8, grid25): an MLP on [x, emb(t)].
 Class conditioning (optional): an embedding of num_classes + 1 entries, the last one "no label",
 which classifier-free guidance trains with label dropout and samples with (Ho & Salimans 2021).
@@ -82,9 +84,13 @@ class Attention(nn.Module):
 @register("net", "unet", role="denoiser", data=("image",))
 class UNet(nn.Module):
     def __init__(self, shape: tuple[int, int, int], width: int = 32, mults: tuple[int, ...] = (1, 2, 2),
-                 blocks: int = 1, attention: bool = False, num_classes: int = 0):
+                 blocks: int = 1, attention: bool = False, num_classes: int = 0, patch: int = 1):
         super().__init__()
         c, h, w = shape
+        if h % patch or w % patch:
+            raise ValueError(f"patch {patch} does not divide the {h}x{w} images")
+        self.patch = patch
+        c, h, w = c * patch * patch, h // patch, w // patch
         if h % 2 ** (len(mults) - 1) or w % 2 ** (len(mults) - 1):
             raise ValueError(f"a {len(mults)}-level UNet halves {h}x{w} {len(mults) - 1} times: the sides "
                              f"must be divisible by {2 ** (len(mults) - 1)}")
@@ -121,6 +127,8 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         emb = self.cond(t, y)
+        if self.patch > 1:
+            x = F.pixel_unshuffle(x, self.patch)
         h = self.inp(x)
         skips = [h]
         for level in self.down:
@@ -134,7 +142,8 @@ class UNet(nn.Module):
                     h = block(torch.cat([h, skips.pop()], 1), emb)
             else:
                 h = level[1](level[0](h))
-        return self.out(h)
+        out = self.out(h)
+        return F.pixel_shuffle(out, self.patch) if self.patch > 1 else out
 
 
 @register("net", "mlp-denoiser", role="denoiser", data=("points",))
