@@ -1,6 +1,7 @@
 """The genlab command line (Typer). Parse -> resolve config -> call the library; no logic here.
 
-The commands of each subsystem live beside it (cli_eval, cli_diagnose, cli_compare, cli_translate);
+The commands of each subsystem live beside it (cli_sample, cli_eval, cli_diagnose, cli_compare,
+cli_translate);
 each module registers its commands on the app it is given (`register(app)`), so nothing imports this
 module back."""
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import List, Optional
 
 import typer
 
-from . import cli_compare, cli_diagnose, cli_eval, cli_translate, registry
-from .cli_common import single_process, user_errors, with_sample_options
+from . import cli_compare, cli_diagnose, cli_eval, cli_sample, cli_translate, registry
+from .cli_common import single_process, user_errors
 from .errors import GenlabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -99,47 +100,6 @@ def _resume_config(model: str, run_dir: Path, config: Optional[Path], layer: dic
     return cfg
 
 
-@app.command()
-@user_errors
-@single_process
-@with_sample_options
-def sample(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `genlab train`."),
-    n: int = typer.Option(64, "-n", "--n", min=1, help="Number of samples (grid cells)."),
-    out: Optional[Path] = typer.Option(None, help="Output PNG (default: RUN_DIR/samples/KIND-CKPT-seedS.png)."),
-    seed: int = typer.Option(0, min=0, help="Sampling seed (same seed -> same images)."),
-    checkpoint: str = typer.Option("last", help="last | best | step-N."),
-    interpolate: bool = typer.Option(False, "--interpolate", help="Write a grid of latent interpolations instead."),
-    reconstruct: bool = typer.Option(False, "--reconstruct", help="Write input/reconstruction pairs of N test images instead."),
-    steps: int = typer.Option(10, min=2, help="With --interpolate: images per row."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    sample_options: Optional[dict] = None,
-):
-    """Write a PNG grid of samples from a trained run (or of latent interpolations / reconstructions).
-    Sampling options (e.g. --temperature) are those the run's family declares."""
-    from . import sampling
-    from .report.plots import save_image_grid, save_samples
-    from .runs import load_run
-
-    options = sample_options or {}
-    if interpolate and reconstruct:
-        raise GenlabError("choose one of --interpolate and --reconstruct")
-    if options and (interpolate or reconstruct):
-        raise GenlabError(f"sampling options ({', '.join(options)}) do not apply to "
-                          f"{'--interpolate' if interpolate else '--reconstruct'}")
-    run = load_run(run_dir, checkpoint, device)
-    kind = "interp" if interpolate else "recon" if reconstruct else "sample"
-    suffix = "".join(f"-{k[0]}{v:g}" if isinstance(v, float) else f"-{v}" for k, v in options.items())
-    out = out or run_dir / "samples" / f"{kind}-{checkpoint}-seed{seed}{suffix}.png"
-    if interpolate or reconstruct:
-        images, nrow = (sampling.interpolations(run, n, steps, seed) if interpolate
-                        else sampling.reconstructions(run, n, seed))
-        path = save_image_grid(images, out, nrow=nrow)
-    else:
-        path = save_samples(sampling.samples(run, n, seed, options), run.info, out, title=f"{run.cfg.model} step {run.step}")
-    typer.echo(f"wrote {path}")
-
-
 @app.command("list")
 @user_errors
 @single_process
@@ -164,7 +124,7 @@ def _describe_model(name: str) -> str:
     return f"{name:<16} {desc}".rstrip()
 
 
-for _module in (cli_eval, cli_diagnose, cli_compare, cli_translate):
+for _module in (cli_sample, cli_eval, cli_diagnose, cli_compare, cli_translate):
     _module.register(app)
 
 

@@ -22,19 +22,21 @@ def _features_line(record: dict, requested: str) -> str:
 
 
 def eval_(
-    run_dir: Optional[Path] = typer.Argument(None, help="A run directory written by `genlab train` (omit with --real-vs-real)."),
-    n: int = typer.Option(10000, "-n", "--n", min=2, help="Generated samples; the reference uses as many real images (at most the split size). Compare FID only at equal n."),
+    run_dir: Optional[Path] = typer.Argument(None, help="A run directory written by `genlab train` (omit with --fake or --real-vs-real)."),
+    n: Optional[int] = typer.Option(None, "-n", "--n", min=2, help="Generated samples (default 10000; with --fake: every image in the file); the reference uses as many real images (at most the split size). Compare FID only at equal n."),
     metrics: str = typer.Option("auto", help="Sample metrics: auto (every one that applies), a comma-separated list (`genlab list measures`), or none (NLL / reconstruction only)."),
     n_test: Optional[int] = typer.Option(None, "--n-test", min=1, help="Real test images for NLL / bits/dim / reconstruction (default: --n, or the family's own default where its likelihood is expensive: vae 500)."),
-    features: str = typer.Option("auto", help="Feature extractor: auto (genlab-mnist for 1x28x28, else inception), genlab-mnist, inception, genlab-DATASET."),
-    ref: str = typer.Option("test", help="Reference split of the run's dataset: train | test."),
+    features: str = typer.Option("auto", help="Feature extractor: auto (genlab-mnist for 1x28x28, else inception), genlab-mnist, inception, dinov2-vit-b-14, dinov2-vit-l-14, clip-vit-l-14, genlab-DATASET (`genlab list features`)."),
+    ref: str = typer.Option("test", help="Reference split of the run's dataset: train | test. With --fake: DATASET, DATASET:SPLIT or a split (default: the dataset a genlab export names, else mnist for 1x28x28)."),
+    fake: Optional[Path] = typer.Option(None, "--fake", help="Score samples from a file instead of a run: .npz (arr_0), .npy, .pt or a folder of images."),
+    save_run: Optional[Path] = typer.Option(None, "--run-dir", help="With --fake: also keep the record in this eval-only run directory, which `genlab compare` shows beside trained runs."),
     checkpoint: str = typer.Option("last", help="last | best | step-N."),
     batch_size: int = typer.Option(500, min=1, help="Images per sampling / feature batch."),
     seed: int = typer.Option(0, min=0, help="Sampling seed (also seeds KID subsets and the bootstrap)."),
     bootstrap: int = typer.Option(0, min=0, help="B > 0 adds a 95% bootstrap interval for FID from B resamples."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     real_vs_real: Optional[str] = typer.Option(None, "--real-vs-real", help="DATASET: report the floor instead (a train subset vs the test split at equal n)."),
-    data_root: Optional[Path] = typer.Option(None, help="With --real-vs-real: where torchvision datasets live."),
+    data_root: Optional[Path] = typer.Option(None, help="With --real-vs-real / --fake: where torchvision datasets live."),
     save: bool = typer.Option(True, help="Append the record to RUN_DIR/eval.json and log it to RUN_DIR/tb."),
     as_json: bool = typer.Option(False, "--json", help="Print the full record as JSON instead of a table."),
     sample_options: Optional[dict] = None,
@@ -46,8 +48,16 @@ def eval_(
     from .eval.evaluate import real_vs_real as floor
     from .parallel import device_for
 
-    if (run_dir is None) == (real_vs_real is None):
-        raise GenlabError("give either RUN_DIR or --real-vs-real DATASET (not both)")
+    if sum(x is not None for x in (run_dir, real_vs_real, fake)) != 1:
+        raise GenlabError("give one of RUN_DIR, --fake PATH or --real-vs-real DATASET")
+    if save_run is not None and fake is None:
+        raise GenlabError("--run-dir keeps the record of --fake samples; a run's records go to RUN_DIR/eval.json")
+    if fake is not None:
+        if sample_options:
+            raise GenlabError(f"sampling options ({', '.join(sample_options)}) do not apply to --fake samples")
+        return _eval_file(fake, n, metrics, features, ref, batch_size, seed, bootstrap, device, data_root,
+                          save_run, as_json)
+    n = 10000 if n is None else n
     if real_vs_real is not None:
         record = floor(real_vs_real, n, metrics, features, batch_size, seed, bootstrap,
                        str(data_root) if data_root else "", str(device_for(device)), log=_err)
@@ -83,6 +93,39 @@ def eval_(
             typer.echo(f"wrote {path}")
 
 
+def _eval_file(path, n, metrics, features, ref, batch_size, seed, bootstrap, device, data_root, save_run,
+               as_json) -> None:
+    from . import parallel
+    from .eval.evaluate import format_table
+    from .eval.imported import check_run_dir, evaluate_file, save_imported
+    from .parallel import device_for
+
+    if save_run is not None:
+        check_run_dir(save_run)
+    record, source = evaluate_file(path, n, metrics, features, ref, batch_size, seed, bootstrap,
+                                   str(device_for(device)), str(data_root) if data_root else "", log=_err)
+    if not parallel.is_main():
+        return
+    fake = record["fake"]
+    if as_json:
+        typer.echo(json.dumps(record, indent=2))
+    else:
+        typer.echo(_features_line(record, features))
+        typer.echo(f"{fake['name']} ({fake['format']}, sha256 {fake['sha256'][:16]}): n_fake = {record['n_fake']} "
+                   f"of {fake['n_in_file']} vs {record['ref_dataset']} {record['ref_split']}: n_real = "
+                   f"{record['n_real']} (reference: {record['reference_cache']})")
+        typer.echo(format_table(record))
+    if save_run is not None:
+        from .rundir import fs_message
+
+        try:
+            written = save_imported(save_run, record, source)
+        except OSError as e:
+            raise GenlabError(f"{fs_message(e)}; the figures above were measured but the record was not saved") from None
+        if not as_json:
+            typer.echo(f"wrote {written}")
+
+
 def _head(record: dict, checkpoint: str, ref: str) -> str:
     """One line: what was measured on what (sample counts, held-out images)."""
     head = f"{record['model']} {checkpoint} (step {record['step']})"
@@ -100,7 +143,7 @@ def _head(record: dict, checkpoint: str, ref: str) -> str:
 def ref(
     dataset: str = typer.Argument(..., help="Dataset name (see `genlab list datasets`), or folder:PATH."),
     split: str = typer.Option("test", help="train | test."),
-    features: str = typer.Option("auto", help="Feature extractor (auto, genlab-mnist, inception, genlab-DATASET)."),
+    features: str = typer.Option("auto", help="Feature extractor (auto, genlab-mnist, inception, dinov2-vit-b-14, dinov2-vit-l-14, clip-vit-l-14, genlab-DATASET)."),
     n: Optional[int] = typer.Option(None, "-n", "--n", min=2, help="Real images (a seeded subset); default: the whole split."),
     seed: int = typer.Option(0, min=0, help="Seed of the subset when n is smaller than the split."),
     resolution: int = typer.Option(0, min=0, help="Resize images to this size first (0 keeps the native size), as data.resolution."),

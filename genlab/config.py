@@ -81,6 +81,7 @@ class EvalConfig:
 class DiagnoseConfig:
     every: int = option(0, ge=0, zero="never")  # run the cheap mode-collapse diagnostics every N steps
     n: int = option(2500, ge=2)
+    final: bool = True  # 2-D data: also at the last step when `every` is 0 (the mixture figures)
 
 
 @dataclass

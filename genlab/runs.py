@@ -31,12 +31,26 @@ class LoadedRun:
         return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
 
 
+def _is_imported(run_dir: Path) -> bool:
+    """An eval-only directory of `genlab eval --fake ... --run-dir` (eval/imported.py)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # the checkpoint decides what this is
+    return isinstance(config, dict) and config.get("family") == "imported"
+
+
 def load_run(run_dir: str | Path, which: str = "last", device: str | torch.device = "auto") -> LoadedRun:
     """A run's family from its checkpoint, on `device` (a --device string: under torchrun each rank's
     own, see genlab.parallel; or a torch.device used as is)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise RunError(f"{run_dir} is not a genlab run directory (no config.yaml)")
+    if _is_imported(run_dir):
+        raise RunError(f"{run_dir} holds imported samples, not a model: score them again with "
+                       f"`genlab eval --fake FILE --run-dir {run_dir}`")
     path = checkpoint.resolve(run_dir, which)
     ckpt = checkpoint.load(path)
     cfg = build([saved_layer(ckpt["config"])])

@@ -61,3 +61,49 @@ def reconstructions(run, n: int, seed: int = 0) -> tuple[Tensor, int]:
         recon = run.family.reconstruct(x).cpu().float()
     pairs = torch.stack([x.float() / 255, recon], 1).flatten(0, 1)
     return pairs, 2 * max(1, int(n ** 0.5))
+
+
+def sample_batches(run, n: int, seed: int = 0, batch_size: int = 500, options: dict | None = None):
+    """n samples in batches, batch i drawn with its own seed `batch_seed(seed, i)` in float32 with the
+    evaluated weights -- exactly the samples `genlab eval RUN -n n --seed seed --batch-size batch_size`
+    scores, so an exported file re-imported with `eval --fake` gives the same figures."""
+    from .eval.passes import batch_seed, progress
+
+    options = check_options(run, options or {})
+    with run.sampling():
+        for start in progress(range(0, n, batch_size), n, batch_size, "sampling"):
+            generator = torch.Generator().manual_seed(batch_seed(seed, start // batch_size))
+            with torch.inference_mode():
+                yield run.family.sample(min(batch_size, n - start), generator, **options).cpu()
+
+
+def export(run, n: int, path, fmt: str, seed: int = 0, batch_size: int = 500, options: dict | None = None,
+           overwrite: bool = False):
+    """Write n samples to `path` as an .npz (arr_0, N x H x W x C uint8) or a folder of PNGs, streamed
+    (see genlab.samplefiles); returns the path. Points (2-D data) go to .npz as float32 N x 2."""
+    from pathlib import Path
+
+    from . import __version__
+    from .samplefiles import FolderWriter, NpzWriter, check_target, to_uint8
+
+    path = Path(path)
+    image = run.info.kind == "image"
+    if fmt == "folder" and not image:
+        raise GenlabError(f"{run.info.name} samples are points, not images: use --format npz")
+    if fmt == "npz" and path.suffix != ".npz":
+        raise GenlabError(f"--format npz writes an .npz file; --out {path} does not end in .npz")
+    check_target(path, overwrite)
+    shape = tuple(run.info.shape)
+    item = (shape[1], shape[2], shape[0]) if image else shape
+    meta = {"model": run.cfg.model, "run": str(run.run_dir), "checkpoint": run.checkpoint, "step": run.step,
+            "dataset": run.cfg.data.name, "n": n, "seed": seed, "batch_size": batch_size,
+            "sample_options": dict(options or {}), "genlab_version": __version__}
+    writer = (FolderWriter(path, n, item, meta) if fmt == "folder" else
+              NpzWriter(path, n, item, "uint8" if image else "float32", meta))
+    try:
+        for x in sample_batches(run, n, seed, batch_size, options):
+            writer.write(to_uint8(x).permute(0, 2, 3, 1).numpy() if image else x.float().numpy())
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()

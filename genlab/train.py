@@ -177,7 +177,7 @@ class Trainer:
                                     shard=shard)
         self.ema = EMA(self.family.ema_modules, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         self.step, self.wall_time, self.best = 0, 0.0, {}
-        self.hooks: list[Hook] = _build_hooks(cfg)
+        self.hooks: list[Hook] = _build_hooks(cfg, self.info)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.logger = RunLogger(self.run_dir, enabled=self.world.main)
         self.window = LossWindow(self.device)
@@ -380,16 +380,19 @@ def _to_cpu(obj):
     return obj
 
 
-def _build_hooks(cfg: RunConfig) -> list[Hook]:
+def _build_hooks(cfg: RunConfig, info) -> list[Hook]:
     hooks = []
+    # 2-D mixtures: the mode diagnostics cost milliseconds, so every run has them at its last step
+    # (in metrics.jsonl, and so in `genlab compare`) unless diagnose.final is off
+    diagnose_every = cfg.diagnose.every or (cfg.train.steps if cfg.diagnose.final and info.kind == "points" else 0)
     if cfg.eval.every > 0:
         from .eval.periodic import eval_hook
 
         hooks.append(Hook("eval", cfg.eval.every, eval_hook(cfg)))
-    if cfg.diagnose.every > 0:
+    if diagnose_every > 0:
         from .eval.diagnose import diagnose_hook
 
-        hooks.append(Hook("diagnose", cfg.diagnose.every, diagnose_hook(cfg)))
+        hooks.append(Hook("diagnose", diagnose_every, diagnose_hook(cfg)))
     return hooks
 
 

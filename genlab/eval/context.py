@@ -1,7 +1,8 @@
 """What the measures of one evaluation share, each piece computed on first use and only once.
 
     ctx = EvalContext(run, n=10000, seed=0)          # run: a LoadedRun, or a trainer's view of itself
-    ctx.fake            (features, probs) of n seeded samples: ONE sampling + feature pass
+    ctx.fake            (features, probs) of n seeded samples: ONE sampling + feature pass (or of the
+                        first n images of a sample file, `source=`)
     ctx.reference       cached features of n real images of the reference split
     ctx.sample_metrics  every selected sample metric (FID, KID, ...) from those two, in one call
     ctx.test_images     real uint8 images for likelihood / reconstruction measures
@@ -31,7 +32,8 @@ def stderr(msg: str) -> None:
 class EvalContext:
     def __init__(self, run, n: int = 10000, seed: int = 0, batch_size: int = 500, features: str = "auto",
                  ref: str = "test", n_boot: int = 0, n_test: int | None = None, extractor=None, reference=None,
-                 log: Callable[[str], None] = stderr, kid_subset_size: int = 1000, sample_options: dict | None = None):
+                 log: Callable[[str], None] = stderr, kid_subset_size: int = 1000, sample_options: dict | None = None,
+                 source=None):
         if n < 2:
             raise GenlabError(f"--n must be at least 2, got {n}")
         if batch_size < 1:
@@ -40,6 +42,7 @@ class EvalContext:
         self.n, self.seed, self.batch_size, self.features, self.ref = n, seed, batch_size, features, ref
         self.n_boot, self.n_test, self.log, self.kid_subset_size = n_boot, n_test, log, kid_subset_size
         self.sample_options = dict(sample_options or {})
+        self.source = source  # a sample file (genlab.samplefiles) scored instead of the run's own samples
         self._extractor, self._reference = extractor, reference
         self.sample_metric_names: tuple[str, ...] = ()  # set by evaluate: the selected sample metrics
         self.want_probs = True
@@ -67,6 +70,9 @@ class EvalContext:
         name, picked = resolve_extractor(self.features, self.info)
         ext = self._extractor or get_extractor(name, self.device)
         ext.check_shape(tuple(self.info.shape))
+        if not ext.num_classes:  # DINOv2, CLIP: no class probabilities, so no IS
+            self.sample_metric_names = without_probs(self.sample_metric_names, ext, self.log)
+            self.want_probs = False
         self.record.update(extractor=ext.name, extractor_fingerprint=ext.fingerprint, extractor_auto=picked)
         return ext
 
@@ -90,14 +96,19 @@ class EvalContext:
 
     @cached_property
     def fake(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        from .passes import sample_features
+        from .passes import sample_features, source_features
 
         ext = self.extractor
         t0 = time.perf_counter()
-        with self.run.sampling():
-            feats, probs = sample_features(self.draw, self.n, ext, self.batch_size, self.seed, self.info.shape,
-                                           keep_probs=self.want_probs)
-        self.record.update(n_fake=int(feats.shape[0]), n_boot=self.n_boot, precision="float32")
+        if self.source is not None:
+            feats, probs = source_features(self.source, self.n, ext, self.batch_size, keep_probs=self.want_probs)
+        else:
+            with self.run.sampling():
+                feats, probs = sample_features(self.draw, self.n, ext, self.batch_size, self.seed, self.info.shape,
+                                               keep_probs=self.want_probs)
+        self.record.update(n_fake=int(feats.shape[0]), n_boot=self.n_boot)
+        if self.source is None:
+            self.record["precision"] = "float32"
         self._timed("sample_and_features", t0)
         return feats, probs
 
@@ -135,6 +146,23 @@ class EvalContext:
         self.record.update(test_split=self.ref, **({"nll_binarization": BINARIZATION} if info.binarized else {}))
         self._timed("test_images", t0)
         return images
+
+
+def without_probs(names, extractor, log: Callable[[str], None] = stderr) -> tuple[str, ...]:
+    """The sample metrics `names` less those that need class probabilities (IS), for an extractor
+    without a classifier (num_classes 0), with a note; a GenlabError when nothing would be left."""
+    from .measures import get_measure
+
+    dropped = [n for n in names if get_measure(n).uses_probs]
+    kept = tuple(n for n in names if n not in dropped)
+    if not dropped:
+        return kept
+    labels = ", ".join(get_measure(n).figures[0].label for n in dropped)
+    why = f"{labels} needs class probabilities and {extractor.name} has no classifier"
+    if not kept:
+        raise GenlabError(f"--metrics {','.join(dropped)}: {why}; use --features inception (or genlab-DATASET) for it")
+    log(f"{labels} skipped: {why} (--features inception has one)")
+    return kept
 
 
 def _on(device, *tensors):

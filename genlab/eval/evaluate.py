@@ -25,9 +25,9 @@ from typing import Callable, Sequence
 from .. import __version__, records
 from ..config import DataConfig
 from ..errors import GenlabError
-from .context import EvalContext, _on, stderr
+from .context import EvalContext, _on, stderr, without_probs
 from .features import get_extractor, resolve_extractor
-from .measures import elsewhere_hint, measures, select
+from .measures import ALL, elsewhere_hint, measures, select
 from .metrics import compute_all
 from .passes import batch_seed, likelihood, reconstruction, sample_features  # noqa: F401  (public API)
 from .reference import describe, get_reference, load_real
@@ -35,16 +35,19 @@ from .reference import describe, get_reference, load_real
 EVAL_FILE = "eval.json"
 
 
-def parse_metrics(metrics: str | Sequence[str] | None) -> tuple[str, ...] | None:
-    """'fid,kid' -> ('fid', 'kid'); 'auto' / 'all' -> None (every one that applies); 'none' -> ()."""
+def parse_metrics(metrics: str | Sequence[str] | None) -> tuple[str, ...] | str | None:
+    """'fid,kid' -> ('fid', 'kid'); 'auto' -> None (every one that applies, optional ones aside);
+    'all' -> measures.ALL (optional ones too, e.g. fid_inf, cmmd); 'none' -> ()."""
     if metrics is None:
         return None
     items = [m.strip().lower() for m in (metrics.split(",") if isinstance(metrics, str) else metrics)]
     items = [m for m in items if m]
     if not items:
         raise GenlabError("--metrics is empty; name some (e.g. fid,kid), or auto, all, none")
-    if items in (["auto"], ["all"]):
+    if items == ["auto"]:
         return None
+    if items == ["all"]:
+        return ALL
     if items == ["none"]:  # likelihood / reconstruction only, no sampling
         return ()
     return tuple(dict.fromkeys(items))
@@ -91,8 +94,9 @@ def real_vs_real(dataset: str, n: int = 10000, metrics: str | Sequence[str] | No
     The two sets are disjoint real images, so FID/KID here is the value a perfect model would get at
     this n; read generated-sample numbers against it."""
     requested = parse_metrics(metrics)
-    names = tuple(m.name for m in measures("eval") if m.selectable and (requested is None or m.name in requested))
-    bad = set(requested or ()) - set(names)
+    names = tuple(m.name for m in measures("eval") if m.selectable and (
+        requested == ALL or (requested is None and not m.optional) or (requested not in (None, ALL) and m.name in requested)))
+    bad = set(requested if requested not in (None, ALL) else ()) - set(names)
     if bad or not names:
         raise GenlabError(f"unknown metric(s) {', '.join(sorted(bad)) or '(none given)'} for --real-vs-real; choose "
                           f"from {', '.join(m.name for m in measures('eval') if m.selectable)}")
@@ -100,6 +104,8 @@ def real_vs_real(dataset: str, n: int = 10000, metrics: str | Sequence[str] | No
     _, info = load_real(data_cfg, "test", 2)
     name, picked = resolve_extractor(features, info)
     ext = get_extractor(name, device)
+    if not ext.num_classes:  # DINOv2, CLIP: no classifier, so no IS
+        names = without_probs(names, ext, log)
     t0 = time.perf_counter()
     test = get_reference(data_cfg, "test", n, ext, batch_size=batch_size, log=log)
     train = get_reference(data_cfg, "train", test.n, ext, seed=seed, batch_size=batch_size, log=log)

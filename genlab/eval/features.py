@@ -7,11 +7,9 @@
 Registered (kind "features"):
 - `genlab-mnist`: genlab's evaluator CNN trained on MNIST (weights shipped in genlab/eval/weights);
   128-d penultimate features, 10-way softmax. Default for 1-channel 28x28 data.
-- `inception`: torch-fidelity's InceptionV3 (TF-2015 weights) through torchmetrics' wrapper, 2048-d
-  pool features and softmax of the 1008 "logits_unbiased" (torch-fidelity's IS convention). Images are
-  turned into uint8 RGB (grey replicated) and resized to 299 inside the net with torch-fidelity's
-  TF1-compatible bilinear interpolation, so values match torch-fidelity. Needs `pip install
-  torch-fidelity` and its weights file present locally: genlab never downloads it.
+- `inception`, `dinov2-vit-b-14`, `dinov2-vit-l-14`, `clip-vit-l-14`: pretrained nets whose weights
+  file a user places by hand (eval/pretrained.py: where each file goes, how it is verified). Any image
+  size, 1 or 3 channels; DINOv2 and CLIP have no classifier (num_classes 0, probabilities (n, 0)).
 - `genlab-DATASET`: any evaluator trained by `genlab evaluator train DATASET` (found in
   $GENLAB_CACHE/evaluators/).
 
@@ -23,10 +21,7 @@ carries it, and records with different fingerprints are not comparable.
 """
 from __future__ import annotations
 
-import os
-import warnings
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import Tensor
@@ -34,14 +29,9 @@ from torch import Tensor
 from .. import registry
 from ..errors import GenlabError
 from ..paths import evaluators_dir
-from .evaluator import evaluator_name, find_weights, load_evaluator, sha256_file
+from .evaluator import evaluator_name, find_weights, load_evaluator
 
 FINGERPRINT_CHARS = 16
-
-# torch-fidelity's weights URL (torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3); used for
-# the error message when torch-fidelity itself is missing, otherwise read from the installed package.
-INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
-                 "weights-inception-2015-12-05-6726825d.pth")
 
 
 class Extractor:
@@ -139,62 +129,6 @@ class GenlabExtractor(Extractor):
         return feats, logits.softmax(1)
 
 
-def inception_weights_path() -> Path:
-    """Where torch-fidelity's InceptionV3 weights must be: torch hub's checkpoints/ directory."""
-    try:
-        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3 as url
-    except ImportError:
-        url = INCEPTION_URL
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
-
-
-class InceptionExtractor(Extractor):
-    """torch-fidelity's InceptionV3 via torchmetrics (NoTrainInceptionV3), resizing like torch-fidelity."""
-
-    batch_size = 64
-    dim, num_classes, input_shape = 2048, 1008, (3, 299, 299)
-    preprocessing = "[0,1] -> uint8 RGB (grey replicated), TF1-bilinear resize to 299 (torch-fidelity)"
-
-    def __init__(self, device: str | torch.device = "cpu"):
-        super().__init__(device)
-        path = inception_weights_path()
-        try:
-            import torch_fidelity  # noqa: F401
-            from torchmetrics.image.fid import NoTrainInceptionV3
-        except ImportError:
-            raise GenlabError(
-                f"the inception feature extractor needs torch-fidelity: pip install torch-fidelity; then place "
-                f"its weights file {path.name} in {path.parent}/ (download it from {INCEPTION_URL})") from None
-        if not path.is_file():
-            raise GenlabError(
-                f"Inception weights not found: place {path.name} in {path.parent}/ (download it from "
-                f"{INCEPTION_URL}); genlab never downloads it itself")
-        digest = sha256_file(path)
-        expected = path.stem.rsplit("-", 1)[-1]  # torch hub names files <name>-<sha256 prefix>.pth
-        if not digest.startswith(expected):
-            warnings.warn(f"{path}: sha256 starts with {digest[:8]}, not {expected} as its name says; "
-                          f"FID values may not be comparable with published ones", stacklevel=2)
-        try:  # refuse pickled code before torch-fidelity loads it with weights_only=False
-            torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise GenlabError(f"{path} is corrupt or not a plain state dict ({str(e).splitlines()[0][:120]})") from None
-        # antialias=False: torch-fidelity's own TF1-compatible bilinear resize (torchmetrics' default differs)
-        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048", "logits_unbiased"],
-                                      feature_extractor_weights_path=str(path), antialias=False).to(self.device)
-        self.name, self.fingerprint, self.path = "inception", digest[:FINGERPRINT_CHARS], path
-
-    def check_shape(self, shape: tuple) -> None:
-        if len(shape) != 3 or shape[0] not in (1, 3):
-            raise GenlabError(f"inception takes 1- or 3-channel images, got shape {'x'.join(map(str, shape))}")
-
-    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = (x * 255).round().to(torch.uint8)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        feats, logits = self.net._torch_fidelity_forward(x)
-        return feats, logits.softmax(1)
-
-
 # ----------------------------------------------------------------------------- registry
 def _genlab_factory(name: str):
     def make(device="cpu") -> GenlabExtractor:
@@ -208,7 +142,6 @@ def _genlab_factory(name: str):
 
 
 registry.register("features", "genlab-mnist", _genlab_factory("genlab-mnist"))
-registry.register("features", "inception", InceptionExtractor)
 
 
 def user_evaluators() -> list[str]:
@@ -260,3 +193,6 @@ def resolve_extractor(features: str, info) -> tuple[str, bool]:
     if info.kind != "image":
         pick_extractor(info)  # raises the points-data error
     return features, False
+
+
+from . import pretrained  # noqa: E402,F401  (registers inception, dinov2-*, clip-*: it needs Extractor above)

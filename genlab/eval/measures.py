@@ -9,6 +9,8 @@ A `Measure` is one computation (FID, KID, the 2-D mixture diagnostic, ...) regis
                  dataset: mode-centres for ring8 / grid25, stacked-digits for stacked-mnist)
     available    an optional runtime check (e.g. a classifier for this dataset exists)
     selectable   chosen with `--metrics` (sample metrics), else run whenever it applies
+    optional     selectable, but left out of `--metrics auto` (extra cost, or a figure few need):
+                 run when named, or with `--metrics all`
     cheap        fit for training hooks; `coverage` names the figure a hook watches for collapse
     compute      ctx -> {figure key: value, ...}; `ctx` (eval.context) computes the shared pieces --
                  one sampling + feature pass, the reference features, the test images -- once
@@ -81,6 +83,7 @@ class Measure:
     excludes: tuple[str, ...] = ()
     available: Callable[[Any], bool] | None = None
     selectable: bool = False
+    optional: bool = False
     cheap: bool = False
     coverage: str | None = None
     uses_probs: bool = False  # needs the extractor's class probabilities of the samples (IS)
@@ -165,12 +168,19 @@ def find_figure(key: str, section: str | None = None) -> Figure | None:
     return by_leaf[0] if by_leaf and len(directions) == 1 else None
 
 
-def select(section: str, info, capabilities, requested: Iterable[str] | None = None) -> list[Measure]:
+ALL = "all"
+
+
+def select(section: str, info, capabilities, requested: Iterable[str] | str | None = None) -> list[Measure]:
     """The measures to run: every applicable non-selectable one, plus the `requested` selectable ones
-    (each must apply; None: every applicable selectable one)."""
-    out = []
-    requested = None if requested is None else list(requested)
+    (each must apply; None: every applicable selectable one that is not optional; ALL: every
+    applicable selectable one)."""
     pool = measures(section)
+    if requested is None or requested == ALL:
+        return [m for m in pool if m.applies(info, capabilities)
+                and not (m.selectable and m.optional and requested is None)]
+    out = []
+    requested = list(requested)
     known = {m.name for m in pool if m.selectable}
     if requested is not None:
         bad = [r for r in requested if r not in known]
@@ -178,11 +188,11 @@ def select(section: str, info, capabilities, requested: Iterable[str] | None = N
             raise GenlabError(f"unknown metric(s) {', '.join(bad)}; choose from {', '.join(sorted(known))} "
                               f"(comma-separated), all, or none")
     for m in pool:
-        if m.selectable and requested is not None and m.name not in requested:
+        if m.selectable and m.name not in requested:
             continue
         if m.applies(info, capabilities):
             out.append(m)
-        elif m.selectable and requested is not None:
+        elif m.selectable:
             raise GenlabError(f"--metrics {m.name}: {m.why_not(info, capabilities)}{elsewhere_hint(section, info, capabilities)}")
     return out
 

@@ -26,7 +26,8 @@ import torch
 # Upper bound on elements of one block of pairwise distances / kernel values (~128 MB in float64).
 _BLOCK_ELEMS = 1 << 24
 
-ALL_METRICS = ("fid", "kid", "is", "pr", "dc")
+DEFAULT_METRICS = ("fid", "kid", "is", "pr", "dc")  # what --metrics auto computes
+ALL_METRICS = DEFAULT_METRICS + ("fid_inf", "cmmd")
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -320,14 +321,15 @@ def density_coverage(real, fake, k: int = 5) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- all at once
-def compute_all(real_feats, fake_feats, fake_probs=None, metrics=ALL_METRICS, *,
+def compute_all(real_feats, fake_feats, fake_probs=None, metrics=DEFAULT_METRICS, *,
                 kid_subsets: int = 100, kid_subset_size: int = 1000, is_splits: int = 10,
                 pr_k: int = 3, dc_k: int = 5, n_boot: int = 0, seed: int = 0,
                 real_radii: dict | None = None) -> dict[str, float]:
     """Every requested metric from one set of features.
 
-    metrics: subset of ("fid", "kid", "is", "pr", "dc"). Keys: fid, kid_mean, kid_std, is_mean, is_std,
-    precision, recall, density, coverage; plus fid_ci_low / fid_ci_high when n_boot > 0 (95% interval).
+    metrics: subset of ALL_METRICS. Keys: fid, kid_mean, kid_std, is_mean, is_std, precision, recall,
+    density, coverage, fid_inf (+ fid_inf_se, fid_inf_slope, fid_inf_points), cmmd; plus fid_ci_low /
+    fid_ci_high when n_boot > 0 (95% interval). fid_inf and cmmd: eval/sample_size.py.
     """
     metrics = tuple(metrics)
     unknown = set(metrics) - set(ALL_METRICS)
@@ -352,4 +354,11 @@ def compute_all(real_feats, fake_feats, fake_probs=None, metrics=ALL_METRICS, *,
     if "pr" in metrics or "dc" in metrics:
         out.update(_manifold_metrics(real, fake, pr_k if "pr" in metrics else None,
                                      dc_k if "dc" in metrics else None, real_radii))
+    if "fid_inf" in metrics or "cmmd" in metrics:
+        from .sample_size import cmmd, fid_infinity
+
+        if "fid_inf" in metrics:
+            out.update(fid_infinity(real, fake, seed=seed))
+        if "cmmd" in metrics:
+            out["cmmd"] = cmmd(real, fake)
     return out

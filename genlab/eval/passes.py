@@ -57,6 +57,22 @@ def sample_features(sample: Callable[[int, torch.Generator], Tensor], n: int, ex
     return feats, (torch.cat([p for _, p in parts]) if keep_probs else None)
 
 
+def source_features(source, n: int, extractor: Extractor, batch_size: int,
+                    keep_probs: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Features / probs of the first n images of a sample file (genlab.samplefiles.SampleSource), in
+    the same batches as a run's sample pass, so the same uint8 images give the same features."""
+    if n > source.n:
+        raise GenlabError(f"{source.path} holds {source.n} samples; -n {n} asks for more")
+
+    def one(index: int, start: int, size: int):
+        f, p = extractor.features_and_probs(source.read(start, size))
+        return f.cpu(), (p.cpu() if keep_probs else None)
+
+    parts = sharded_map(one, n, batch_size, "features")
+    feats = torch.cat([f for f, _ in parts])
+    return feats, (torch.cat([p for _, p in parts]) if keep_probs else None)
+
+
 def progress(chunks, total: int, step: int, desc: str):
     """Iterate over chunk starts with a progress bar in images (on a terminal, on rank 0 only);
     `step` is how many images each chunk stands for (all ranks' batches together)."""

@@ -29,9 +29,10 @@ def _from_feature_pass(*keys):
     return compute
 
 
-def _sample_metric(name, figures, doc, uses_probs=False):
+def _sample_metric(name, figures, doc, uses_probs=False, optional=False):
     return register_measure(Measure(name, "eval", figures, _from_feature_pass(*(f.key for f in figures)),
-                                    needs={"sample"}, selectable=True, cheap=True, uses_probs=uses_probs, doc=doc))
+                                    needs={"sample"}, selectable=True, cheap=not optional, optional=optional,
+                                    uses_probs=uses_probs, doc=doc))
 
 
 _sample_metric("fid", (Figure("fid", "FID", "lower", fmt=_fid_text, aliases=("fid_score",)),
@@ -50,6 +51,15 @@ _sample_metric("pr", (Figure("precision", "precision", "higher", aliases=("pr_pr
 _sample_metric("dc", (Figure("density", "density", "higher", aliases=("dc_density",)),
                       Figure("coverage", "coverage", "higher", aliases=("dc_coverage",))),
                "density and coverage, k = 5 (Naeem et al. 2020)")
+_sample_metric("fid_inf", (Figure("fid_inf", "FID-inf", "lower", fmt=_with_spread("fid_inf_se"), spread="fid_inf_se",
+                                  aliases=("fid_infinity",)),
+                           Figure("fid_inf_se", "FID-inf s.e.", "info"), Figure("fid_inf_slope", "FID-inf slope", "info"),
+                           Figure("fid_inf_points", "FID-inf fit points", "info")),
+               "FID extrapolated to n -> infinity: FID of 15 subset sizes N/10..N fitted as a + b/n "
+               "(Chong & Forsyth 2020); ask for it with --metrics fid_inf", optional=True)
+_sample_metric("cmmd", (Figure("cmmd", "CMMD", "lower", aliases=("cmmd_score",)),),
+               "1000 x MMD^2, Gaussian RBF sigma 10 on unit-norm embeddings (Jayasumana et al. 2024; CLIP "
+               "features with --features clip-vit-l-14); ask for it with --metrics cmmd", optional=True)
 
 
 def _nll(ctx) -> dict:

@@ -209,17 +209,24 @@ def _table_html(table: Table) -> str:
     return (f'<table id="metrics"><thead><tr>{head}</tr></thead>\n' + "\n".join(bodies) + "</table>")
 
 
+# Sample grids are shown at least this wide, enlarged by a whole factor without blur: an 8 x 8 grid
+# of 28 px digits (242 px) is drawn at 3x, each digit 84 px on screen.
+SAMPLE_WIDTH = 640
+
+
 def _figure(img: bytes | Path, caption: str, alt: str, min_width: int = 0) -> str:
-    """An embedded PNG; small pictures (a 4-image grid of 28 px digits) are enlarged without blur."""
+    """An embedded PNG; pictures narrower than min_width are enlarged by a whole factor, pixelated."""
     data = img.read_bytes() if isinstance(img, Path) else img
     width = int.from_bytes(data[16:20], "big") if data[:8] == b"\x89PNG\r\n\x1a\n" else 0
-    style = f' style="width:{min_width}px;image-rendering:pixelated"' if 0 < width < min_width else ""
+    scale = -(-min_width // width) if 0 < width < min_width else 1
+    style = (f' class="enlarged" style="width:{width * scale}px;image-rendering:pixelated"'
+             if scale > 1 else "")
     return (f'<figure><img src="{_data_uri(data)}" alt="{html.escape(alt)}"{style}>'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
 def to_html(table: Table, curves: bool = True) -> str:
-    from .curves import curves_png
+    from .curves import curves_png, fid_inf_png
 
     e = html.escape
     names = [r.name for r in table.runs]
@@ -238,7 +245,12 @@ def to_html(table: Table, curves: bool = True) -> str:
         parts.append("<section><h2>Training curves</h2>" + _figure(png, "one colour per run, shared axes",
                                                                     "training curves of " + ", ".join(names))
                      + "</section>")
-    samples = [_figure(r.sample, f"{r.name} (step {r.sample_step})", f"samples of {r.name}", min_width=240)
+    fits = fid_inf_png([(r.name, *r.fid_inf_fit) for r in table.runs if r.fid_inf_fit]) if curves else None
+    if fits is not None:
+        parts.append("<section><h2>FID-infinity</h2>" + _figure(
+            fits, "FID of n-sample subsets against 1/n and the least-squares line to 1/n = 0 (Chong & Forsyth 2020)",
+            "FID-infinity fits") + "</section>")
+    samples = [_figure(r.sample, f"{r.name} (step {r.sample_step})", f"samples of {r.name}", min_width=SAMPLE_WIDTH)
                for r in table.runs if r.sample is not None]
     if samples:
         parts.append('<section><h2>Latest samples</h2><div class="cards">' + "".join(samples) + "</div></section>")
@@ -272,7 +284,7 @@ tr.group-head th{background:#fafbfd;color:#334;font-weight:600;padding-top:10px;
 .flag{color:#b3261e;margin-left:8px}tr.incomparable td,tr.incomparable th{color:#55504a}
 .cards{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
 figure{margin:0;padding:8px;border:1px solid #e1e5ec;border-radius:6px;background:#fbfcfe}
-.cards img{display:block;max-width:420px}section>figure img{max-width:100%}
+.cards img{display:block;max-width:420px}.cards img.enlarged{max-width:none}section>figure img{max-width:100%}
 figcaption{font-size:12px;color:#4a5262;margin-top:4px;max-width:420px;overflow-wrap:anywhere}
 code{font-size:12px}
 """

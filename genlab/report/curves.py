@@ -108,3 +108,35 @@ def curves_png(runs: Sequence[tuple[str, list[dict]]], path: str | Path | None =
     if path is not None:
         Path(path).write_bytes(data)
     return data
+
+
+def fid_inf_png(runs: Sequence[tuple[str, list, float, float]]) -> bytes | None:
+    """[(run name, [[n, FID(n)], ...], FID_inf, slope)] -> PNG bytes of FID against 1/n with each run's fitted
+    line down to 1/n = 0 (FID-infinity, Chong & Forsyth 2020); None without such runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in runs if r[1]]
+    if not runs:
+        return None
+    fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=90)
+    colours = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    for r, (name, points, fid_inf, slope) in enumerate(runs):
+        inv = [1 / n for n, _ in points]
+        values = [v for _, v in points]
+        c = colours(r % colours.N)
+        ax.plot(inv, values, "o", color=c, ms=3, label=_plain_label(f"{name}: FID-inf {fid_inf:.4g}"))
+        ax.plot([0, max(inv)], [fid_inf, fid_inf + slope * max(inv)], "-", color=c, lw=1)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("1 / n (generated samples)", fontsize=9)
+    ax.set_ylabel("FID", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

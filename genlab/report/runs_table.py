@@ -54,6 +54,7 @@ class Run:
     sample: Path | None = None
     sample_step: int | None = None
     plots: list[Path] = field(default_factory=list)
+    fid_inf_fit: tuple | None = None  # ([[n, FID(n)], ...], FID_inf, slope) from --metrics fid_inf
 
 
 @dataclass
@@ -187,6 +188,13 @@ def read_eval(run_dir: Path, warnings: list[str] | None = None) -> tuple[dict, d
 
     record = newest_record(read_json(run_dir / "eval.json", warnings))
     info = {name: record.get(field) for name, field in _INFO_FIELDS.items() if record.get(field) is not None}
+    fit = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
+    if isinstance(fit.get("fid_inf_points"), list) and _is_number(fit.get("fid_inf")):
+        try:
+            points = [[float(n), float(v)] for n, v in fit["fid_inf_points"]]
+            info["fid_inf_fit"] = (points, float(fit["fid_inf"]), float(fit.get("fid_inf_slope") or 0.0))
+        except (TypeError, ValueError):
+            pass  # a foreign layout: the number still shows, the plot does not
     metrics = {}
     for key, v in flatten(record).items():
         k = _norm(key)
@@ -214,6 +222,22 @@ def read_diagnostics(run_dir: Path, warnings: list[str] | None = None) -> tuple[
     ns = [v for k, v in flatten(record).items() if k.rsplit(".", 1)[-1] == "n" and _is_number(v)]
     info = {"n": record["n"] if _is_number(record.get("n")) else ns[0]} if ns else {}
     return values, info, plots
+
+
+def logged_diagnostics(history: list[dict]) -> tuple[dict, dict]:
+    """The newest `diagnose/*` figures the training hook logged (a run never passed to `genlab
+    diagnose` -- e.g. every 2-D run, which is diagnosed at its last step) -> (values, {"step": s})."""
+    from ..eval.measures import find_figure
+
+    for rec in reversed(history):
+        values = {}
+        for k, v in rec.items():
+            fig = find_figure(k.removeprefix("diagnose/"), "diagnose") if k.startswith("diagnose/") else None
+            if fig is not None and "." in fig.key and _is_number(v):
+                values[fig.key] = v
+        if values:
+            return values, {"logged_step": rec.get("step")}
+    return {}, {}
 
 
 def direction(key: str) -> str | None:
@@ -262,13 +286,15 @@ def read_run(run_dir: Path, warnings: list[str] | None = None) -> Run:
                    "eval_checkpoint": info.get("checkpoint"), "eval_step": info.get("eval_step")})
     values.update(metrics)
     diag, dinfo, plots = read_diagnostics(run_dir, warnings)
+    if not diag:
+        diag, dinfo = logged_diagnostics(history)
     values["diag_n"] = dinfo.get("n")
     values.update({f"diag.{k}": v for k, v in diag.items()})
     sample, sample_step = latest_sample(run_dir)
     plots += sorted(run_dir.glob("*.png")) + sorted((run_dir / "diagnostics").glob("*.png"))
     # never embed files from outside the run (diagnostics.json names them; a symlink may point away)
     plots = list(dict.fromkeys(p for p in plots if inside(run_dir, p)))
-    return Run(run_dir.name, run_dir, config, values, history, sample, sample_step, plots)
+    return Run(run_dir.name, run_dir, config, values, history, sample, sample_step, plots, info.get("fid_inf_fit"))
 
 
 def _dataset_label(data) -> str | None:
