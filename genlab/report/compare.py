@@ -339,6 +339,12 @@ _JS = """
     });
   }
   table.setAttribute("data-runs", String(data.runs.length));
+  // for the real-browser test: how many embedded pictures decoded (all of them, once loaded)
+  window.addEventListener("load", function () {
+    var imgs = document.images, ok = 0;
+    for (var j = 0; j < imgs.length; j++) if (imgs[j].complete && imgs[j].naturalWidth > 0) ok++;
+    document.documentElement.setAttribute("data-images", imgs.length + "/" + ok);
+  });
   document.documentElement.setAttribute("data-genlab-ready", "1");
 })();
 """
