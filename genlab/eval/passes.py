@@ -104,8 +104,12 @@ def likelihood(family, images: Tensor, batch_size: int, seed: int = 0) -> dict[s
         raise GenlabError(f"log_likelihood returned {logp.shape[0]} values for {len(images)} images "
                           f"({(~torch.isfinite(logp)).sum().item()} non-finite)")
     nll = -logp.mean().item()
+    # the standard error over test images; for stochastic estimates (IWAE, flow matching's Hutchinson
+    # divergence) it covers their noise too, since each image gets its own independent draw
+    se = logp.std().item() / math.sqrt(len(logp)) if len(logp) > 1 else float("nan")
     dims = math.prod(images.shape[1:])
-    return {"nll_nats": nll, "bits_per_dim": bits_per_dim(nll, dims), "n_nll": len(images)}
+    return {"nll_nats": nll, "nll_se": se, "bits_per_dim": bits_per_dim(nll, dims),
+            "bits_per_dim_se": bits_per_dim(se, dims), "n_nll": len(images)}
 
 
 def reconstruction(family, images: Tensor, batch_size: int) -> dict[str, float]:

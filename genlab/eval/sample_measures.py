@@ -83,10 +83,15 @@ def _recon(ctx) -> dict:
 
 
 register_measure(Measure(
-    "nll", "eval", (Figure("nll_nats", "NLL (nats)", "lower", unit="nats", fmt=_g, aliases=("nll",)),
-                    Figure("bits_per_dim", "bits/dim", "lower", unit="bits/dim", fmt=_g, aliases=("bpd", "bits_dim"))),
+    "nll", "eval", (Figure("nll_nats", "NLL (nats)", "lower", unit="nats", spread="nll_se",
+                           fmt=_with_spread("nll_se"), aliases=("nll",)),
+                    Figure("nll_se", "NLL s.e.", "info"),
+                    Figure("bits_per_dim", "bits/dim", "lower", unit="bits/dim", spread="bits_per_dim_se",
+                           fmt=_with_spread("bits_per_dim_se"), aliases=("bpd", "bits_dim")),
+                    Figure("bits_per_dim_se", "bits/dim s.e.", "info")),
     _nll, needs={"log_likelihood"},
-    doc="-mean log p(x) on real test images: exact (flows, PixelCNN) or an IWAE estimate (VAE)"))
+    doc="-mean log p(x) on real test images, ± its standard error over the images: exact (flows, PixelCNN), "
+        "an IWAE estimate (VAE), a bound (DDPM) or an ODE solve with a Hutchinson divergence (flow matching)"))
 register_measure(Measure(
     "recon", "eval", (Figure("recon_mse", "recon MSE", "lower", unit="per pixel, [0, 1]", fmt=_g),),
     _recon, needs={"reconstruct"}, doc="mean squared reconstruction error per pixel on real test images"))

@@ -4,6 +4,11 @@ Variants are configs, not branches: `loss: wasserstein` + a gradient_penalty reg
 n_critic 5 is WGAN-GP; `loss: non_saturating` is the vanilla GAN; `loss: hinge` with
 `spectral_norm: true` is SN-GAN. The n_critic loop lives here (DESIGN.md), and each critic
 iteration gets its own real batch: the family asks the trainer for n_critic batches per step.
+
+Mode-collapse remedies combine with every loss (gan_remedies.py): `pack: m` (PacGAN) feeds the
+discriminator m samples at once, `d_minibatch_std: G` adds ProGAN's minibatch-std feature to the
+discriminator net, `unroll: k` (Unrolled GAN) takes the generator's loss k discriminator steps ahead.
+With their defaults (1, 0, 0) the updates are exactly those of the plain GAN.
 """
 from __future__ import annotations
 
@@ -12,12 +17,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..fields import option
 from ..config import OptimConfig, RunConfig
 from ..losses import build_loss, build_regularizers
-from ..parallel import prepare_module, shared_randn
+from ..parallel import prepare_module, shared_randn, world
 from ..registry import register, require
 from .base import FamilyBase, Update, eval_mode, in_batches, randn, to_signed
+from .gan_remedies import LookAhead, Packing, check_batch
 
 
 NORMS = ("batch", "instance", "layer", "none")
@@ -39,6 +46,15 @@ class GANOptions:
     n_critic: int = option(1, ge=1)
     g_optim: OptimConfig = field(default_factory=OptimConfig)
     d_optim: OptimConfig = field(default_factory=OptimConfig)
+    g_args: dict = field(default_factory=dict)  # extra net arguments, e.g. {depth: 4, act: tanh} for the MLPs
+    d_args: dict = field(default_factory=dict)
+    # -- mode-collapse remedies (gan_remedies.py); the defaults leave the plain GAN
+    pack: int = option(1, ge=1)  # PacGAN: D judges `pack` samples concatenated (Lin et al. 2018)
+    # ProGAN's minibatch-std feature in D, over groups of this many samples (true = 4, as in ProGAN).
+    # A field of its own rather than a d_args entry: it is a remedy, checked against what the net declares
+    d_minibatch_std: int = option(0, ge=0, zero="off", aliases=((True, 4), (False, 0)))
+    unroll: int = option(0, ge=0, zero="off")  # Unrolled GAN: G's loss after k look-ahead D steps (Metz et al. 2017)
+    unroll_optim: str = option("adam", choices=("adam", "sgd"))  # the look-ahead steps' update
 
 
 def _net(name: str, role: str, info, what: str) -> tuple[str, type]:
@@ -47,6 +63,14 @@ def _net(name: str, role: str, info, what: str) -> tuple[str, type]:
     if name == "auto":
         name = f"{'dcgan' if info.kind == 'image' else 'mlp'}-{role[0]}"
     return name, require("net", name, what, role=role, data=info.kind)
+
+
+def _build_net(cls: type, name: str, what: str, args: dict, *positional, **kwargs):
+    """net(*positional, **kwargs, **args); a bad `args` entry is a one-line ConfigError."""
+    try:
+        return cls(*positional, **kwargs, **args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{what}: net {name!r}: {e}") from None
 
 
 def _score_logs(key: str, out) -> dict[str, Tensor]:
@@ -67,13 +91,21 @@ class GANFamily(FamilyBase):
         o: GANOptions = cfg.options
         self.opts, self.info, self.device = o, info, device
         shape = tuple(info.shape)
-        _, G = _net(o.generator, "generator", info, "gan.generator")
+        g_name, G = _net(o.generator, "generator", info, "gan.generator")
         d_name, D = _net(o.discriminator, "discriminator", info, "gan.discriminator")
         # the loss and every regularizer must take what this discriminator returns
         self.loss = build_loss(o.loss, o.loss_args, d_name, D.output)
         self.regularizers = build_regularizers(o.regularizers, d_name, D.output)
-        G = G(shape, latent_dim=o.latent_dim, width=o.g_width, norm=o.g_norm)
-        D = D(shape, width=o.d_width, norm=o.d_norm, spectral_norm=o.spectral_norm)
+        remedy_args = {"minibatch_std": o.d_minibatch_std} if o.d_minibatch_std else {}
+        for key in remedy_args:  # a net declares the remedy layers it has (register(..., options=...))
+            require("net", d_name, f"gan.d_{key}", options=key)
+        check_batch(cfg.train.batch_size, world().size, o.pack, o.d_minibatch_std)
+        self.pack = Packing(o.pack, channels_last=cfg.train.channels_last == "on")
+        self.lookahead = LookAhead(o.unroll, self.loss, self.regularizers, o.unroll_optim)
+        G = _build_net(G, g_name, "gan.g_args", o.g_args, shape, latent_dim=o.latent_dim, width=o.g_width,
+                       norm=o.g_norm)
+        D = _build_net(D, d_name, "gan.d_args", o.d_args, self.pack.shape(shape), width=o.d_width, norm=o.d_norm,
+                       spectral_norm=o.spectral_norm, **remedy_args)
         self.G, self.G_train = prepare_module(G, cfg.train, device)
         self.D, self.D_train = prepare_module(D, cfg.train, device)
         self.opt_g = Update(self.G.parameters(), o.g_optim, cfg.train, device)
@@ -100,21 +132,27 @@ class GANFamily(FamilyBase):
         logs: dict[str, Tensor] = {}
         for real in reals:
             logs = self._critic_update(real)
+        logs["g_loss"] = self._generator_update(reals[-1])
+        return logs
+
+    def _generator_update(self, real: Tensor) -> Tensor:
+        """One G step; `real` (the last critic batch) is what the look-ahead D trains on (unroll > 0)."""
         # G learns through the plain D: only G's gradients are averaged over ranks in this update, and
         # D's own weight gradients are not computed at all (they would be discarded)
-        fake = self.G_train(self._train_noise(reals[0].shape[0]))
+        fake = self.pack(self.G_train(self._train_noise(real.shape[0])))
         self.D.requires_grad_(False)
         try:
-            g_loss = self.loss.g_loss(self.D(fake))
+            critic = self.lookahead(self.D, self.opt_d, self.pack(real), fake)  # unroll 0: self.D
+            g_loss = self.loss.g_loss(critic(fake))
             self.opt_g(g_loss)
         finally:
             self.D.requires_grad_(True)
-        logs["g_loss"] = g_loss.detach()
-        return logs
+        return g_loss.detach()
 
     def _critic_update(self, real: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():
-            fake = self.G(self._train_noise(real.shape[0]))
+            fake = self.pack(self.G(self._train_noise(real.shape[0])))
+        real = self.pack(real)
         d_real, d_fake = self.D_train(real), self.D_train(fake)
         d_loss = self.loss.d_loss(d_real, d_fake)
         logs = {"d_loss": d_loss.detach(), **_score_logs("d_real", d_real), **_score_logs("d_fake", d_fake)}

@@ -1,6 +1,7 @@
 """Small building blocks shared by the nets."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -40,3 +41,35 @@ def num_halvings(size: int) -> tuple[int, int]:
     if k == 0:
         raise ValueError(f"resolution {size} is too small or odd for a strided conv net")
     return k, size
+
+
+class MinibatchStd(nn.Module):
+    """ProGAN's minibatch standard deviation (Karras et al. 2018, Sec. 3): one feature appended to
+    every sample -- the std of each feature over the sample's group, averaged over features --
+    broadcast as one extra channel (N, C, H, W) -> (N, C+1, H, W), or one extra feature (N, F) ->
+    (N, F+1). A discriminator that sees it can tell a batch of near-copies from a diverse one.
+
+    As in ProGAN: groups of `group_size` samples (the whole batch when it is smaller), biased
+    variance, sqrt(var + 1e-8). Unlike ProGAN's reshape, whose groups are strided (sample i with
+    i + N/G, ...), a group is G *consecutive* samples: then a rank of a distributed run, which holds
+    a contiguous block of the global batch, forms exactly the groups one process would."""
+
+    def __init__(self, group_size: int = 4):
+        super().__init__()
+        if group_size < 1:
+            raise ValueError(f"minibatch std group size must be >= 1, got {group_size}")
+        self.group_size = group_size
+
+    def forward(self, x):
+        n = x.shape[0]
+        g = min(self.group_size, n)
+        if n % g:
+            raise ValueError(f"minibatch std: a batch of {n} does not split into groups of {g}")
+        y = x.reshape(n // g, g, *x.shape[1:])
+        std = (y.var(dim=1, unbiased=False) + 1e-8).sqrt()  # (n/g, C, ...)
+        s = std.flatten(1).mean(1).repeat_interleave(g)  # one number per sample, shared in its group
+        feature = s.reshape(n, 1, *([1] * (x.dim() - 2))).expand(n, 1, *x.shape[2:])
+        return torch.cat([x, feature.to(x.dtype)], 1)
+
+    def extra_repr(self) -> str:
+        return f"group_size={self.group_size}"

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import register
-from .common import apply_spectral_norm, make_norm, num_halvings
+from .common import MinibatchStd, apply_spectral_norm, make_norm, num_halvings
 
 
 @register("net", "dcgan-g", role="generator", data=("image",))
@@ -35,10 +35,14 @@ class DCGANGenerator(nn.Module):
         return torch.tanh(self.to_image(self.blocks(self.project(z))))
 
 
-@register("net", "dcgan-d", role="discriminator", data=("image",), output="score")
+@register("net", "dcgan-d", role="discriminator", data=("image",), output="score", options=("minibatch_std",))
 class DCGANDiscriminator(nn.Module):
+    """The input may have any channel count (a PacGAN discriminator of m packed RGB images has 3m).
+    `minibatch_std=G` appends ProGAN's minibatch-std map (groups of G) to the last feature map, as
+    ProGAN does at its 4x4 stage, so the linear head sees it beside the features."""
+
     def __init__(self, shape: tuple[int, int, int], width: int = 32, norm: str = "batch",
-                 spectral_norm: bool = False):
+                 spectral_norm: bool = False, minibatch_std: int = 0):
         super().__init__()
         channels, size, _ = shape
         k, base = num_halvings(size)
@@ -47,8 +51,10 @@ class DCGANDiscriminator(nn.Module):
         for _ in range(k - 1):  # no norm on the first layer, as in DCGAN
             layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1), make_norm(norm, ch * 2), nn.LeakyReLU(0.2, True)]
             ch *= 2
+        if minibatch_std:  # no parameters: the state_dict keys are those of the plain net
+            layers.append(MinibatchStd(minibatch_std))
         self.features = nn.Sequential(*layers, nn.Flatten())
-        self.head = nn.Linear(ch * base * base, 1)
+        self.head = nn.Linear((ch + (1 if minibatch_std else 0)) * base * base, 1)
         if spectral_norm:
             apply_spectral_norm(self)
 
