@@ -62,6 +62,15 @@ def measure(run, sampler: str, steps: int | None, n: int, batch_size: int) -> di
             "fid": m["fid"], "kid": m["kid_mean"], "precision": m["precision"], "recall": m["recall"]}
 
 
+def _rows(text: str) -> list[tuple[str, int | None]]:
+    """'ddim:10,adaptive' -> [('ddim', 10), ('adaptive', None)]."""
+    out = []
+    for item in text.split(","):
+        sampler, _, steps = item.partition(":")
+        out.append((sampler, int(steps) if steps and steps != "adaptive" else None))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ddpm", type=Path, help="a trained ddpm run directory")
@@ -69,13 +78,17 @@ def main() -> None:
     p.add_argument("-n", type=int, default=2000, help="samples per row (FID is comparable only at equal n)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--ddpm-rows", type=_rows, default=DDPM_ROWS, help="sampler:steps,... (default: "
+                   + ",".join(f"{a}:{b}" for a, b in DDPM_ROWS) + "); the 1,000-step chain costs 10x the 100-step row")
+    p.add_argument("--fm-rows", type=_rows, default=FM_ROWS,
+                   help="sampler:steps,... (default: " + ",".join(f"{a}:{b or 'adaptive'}" for a, b in FM_ROWS) + ")")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"# {' '.join(sys.argv)}  ({torch.get_num_threads()} threads, n = {args.n}, genlab-mnist features)")
     print("| model | sampler | steps | NFE | images/s | FID | KID | precision | recall |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for path, rows in ((args.ddpm, DDPM_ROWS), (args.fm, FM_ROWS)):
+    for path, rows in ((args.ddpm, args.ddpm_rows), (args.fm, args.fm_rows)):
         if path is None:
             continue
         run = load_run(path, "last", "cpu")

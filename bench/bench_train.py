@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from genlab import config as C
-from genlab.data import DataInfo, load_dataset, make_sampler
+from genlab.data import load_dataset, make_sampler
 from genlab.families.base import build_family
 from genlab.parallel.modules import to_channels_last
 from genlab.registry import available

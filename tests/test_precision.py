@@ -30,8 +30,12 @@ def test_auto_takes_the_family_default_per_data_kind(monkeypatch):
     monkeypatch.setattr(speed, "cpu_has_bf16", lambda: True)
     cfg = C.resolve("gan")
     build_family(cfg, IMAGE, torch.device("cpu"))
-    assert (cfg.train.amp, cfg.train.channels_last) == ("bf16", "on")
-    assert cfg.resolved["precision"] == "bf16 autocast" and cfg.resolved["channels_last"] is True
+    assert (cfg.train.amp, cfg.train.channels_last) == ("off", "on")  # bf16 cost the GAN quality
+    assert cfg.resolved["precision"] == "float32" and cfg.resolved["channels_last"] is True
+    ar = C.resolve("gated-pixelcnn")
+    build_family(ar, DataInfo("mnist", "image", (1, 28, 28), 10, binarized=True), torch.device("cpu"))
+    assert (ar.train.amp, ar.train.channels_last) == ("bf16", "off")
+    assert ar.resolved["precision"] == "bf16 autocast" and ar.resolved["channels_last"] is False
     toy = C.resolve("gan", sets=["data.name=ring8"])
     build_family(toy, POINTS, torch.device("cpu"))
     assert (toy.train.amp, toy.train.channels_last) == ("off", "off")  # 2-D MLPs stay float32
@@ -42,8 +46,8 @@ def test_auto_takes_the_family_default_per_data_kind(monkeypatch):
 
 def test_bf16_without_native_support_falls_back_and_says_so(monkeypatch, tmp_path):
     monkeypatch.setattr(speed, "cpu_has_bf16", lambda: False)
-    auto = C.resolve("gan")
-    build_family(auto, IMAGE, torch.device("cpu"))
+    auto = C.resolve("gated-pixelcnn")  # its measured default is bf16
+    build_family(auto, DataInfo("mnist", "image", (1, 28, 28), 10, binarized=True), torch.device("cpu"))
     assert auto.train.amp == "off" and auto.resolved["precision"] == "float32"
     asked = C.resolve("gan", sets=["train.amp=bf16", "gan.g_width=4", "gan.d_width=4", "train.steps=1",
                                    "train.batch_size=4", "train.grid_size=2", f"out={tmp_path}", "name=r"])

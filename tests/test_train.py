@@ -195,3 +195,27 @@ def test_channels_last_and_compile_change_no_result(tmp_path, option):
         for k, v in results["plain"][net].items():
             assert torch.allclose(v.float(), results["option"][net][k].float(), rtol=1e-4, atol=1e-5), (
                 f"{net}.{k} {(v.float() - results['option'][net][k].float()).abs().max():.3g}")
+
+
+def test_ema_warm_up_follows_the_tensorflow_rule_and_survives_a_checkpoint():
+    """Update n uses decay min(d, (1 + n) / (10 + n)): the random initial weights fade at once."""
+    from genlab.ema import EMA
+
+    net = torch.nn.Linear(3, 2)
+    ema = EMA([net], 0.999)
+    expected = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    for n in range(4):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(1.0)
+        ema.update()
+        d = min(0.999, (1 + n) / (10 + n))
+        expected = {k: d * expected[k] + (1 - d) * v for k, v in net.state_dict().items()}
+    for k, v in expected.items():
+        assert torch.allclose(ema.shadow[k], v, atol=1e-6), k
+    restored = EMA([net], 0.999)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 4
+    legacy = {k: v for k, v in ema.state_dict().items() if k != "updates"}  # a checkpoint from before
+    restored.load_state_dict(legacy)
+    assert restored.updates >= 10 ** 6, "old checkpoints count as warmed up (plain decay)"

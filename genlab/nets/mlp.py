@@ -49,8 +49,10 @@ def _mlp(n_in: int, n_out: int, width: int, depth: int, act: str = "relu", piece
     for i in range(depth):
         layers += _hidden(n_in if i == 0 else width, width, act, pieces, batch_norm)
     last = width if depth else n_in
-    if minibatch_std:  # one extra feature before the output layer (no parameters: keys stay the same)
-        layers.append(MinibatchStd(minibatch_std))
+    if minibatch_std:  # one extra feature before the output layer, in the last activation's slot so
+        if not depth:  # the Linear layers keep their state_dict keys (the layer has no parameters)
+            raise ValueError("minibatch_std needs at least one hidden layer (depth >= 1)")
+        layers[-1] = nn.Sequential(layers[-1], MinibatchStd(minibatch_std))
     return nn.Sequential(*layers, nn.Linear(last + (1 if minibatch_std else 0), n_out))
 
 
