@@ -94,6 +94,7 @@ def _report(r: dict) -> None:
 
 
 def _ms(values: list[float], fmt: str) -> str:
+    values = [float(v) for v in values]  # pstdev refuses a mix of ints and floats
     std = statistics.pstdev(values) if len(values) > 1 else 0.0
     return f"{statistics.fmean(values):{fmt}} ± {std:{fmt}}"
 
