@@ -178,6 +178,10 @@ def test_ode_log_likelihood_of_a_known_gaussian_is_its_log_density():
     assert torch.allclose(got, analytic, atol=1e-4)
     probes = [ode_log_likelihood(_ot_velocity(mu, s), x, exact=False, tol=1e-8) for _ in range(3)]
     assert torch.allclose(torch.stack(probes).mean(0), analytic, atol=1e-3)  # linear field: Hutchinson is exact
+    with torch.inference_mode():  # as the evaluation passes call it: the divergence must still get gradients
+        for exact in (True, False):
+            got = ode_log_likelihood(_ot_velocity(mu, s), x, exact=exact, tol=1e-8)
+            assert torch.allclose(got, analytic, atol=1e-3), exact
 
 
 def test_exact_divergence_agrees_with_hutchinson_within_its_error():
@@ -211,6 +215,9 @@ def test_every_sampler_through_the_cli(tmp_path, model, samplers):
         out = tmp_path / f"s{i}.png"
         res = CliRunner().invoke(app, ["sample", str(tmp_path / "r"), "-n", "2", "--out", str(out), *options])
         assert res.exit_code == 0 and out.is_file(), res.output
+    res = CliRunner().invoke(app, ["eval", str(tmp_path / "r"), "-n", "4", "--metrics", "none", "--n-test", "4",
+                                   "--no-save", "--json"])  # bits/dim through the real evaluation path
+    assert res.exit_code == 0 and '"bits_per_dim"' in res.output, res.output
     res = CliRunner().invoke(app, ["sample", str(tmp_path / "r"), "-n", "2", "--sampler", "bogus"])
     assert res.exit_code == 2 and "--sampler 'bogus'" in res.output
     if model == "flow-matching":

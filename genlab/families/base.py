@@ -2,7 +2,7 @@
 
 A family owns its nets, optimizers and update schedule. The trainer and every command use only:
     train_step(batch, step) -> dict[str, Tensor | float]   one update; losses as DETACHED DEVICE
-                            tensors (never .item(): the trainer reads them back when it logs)
+                            tensors, never host floats: the trainer reads them back when it logs
     sample(n, generator=None) -> Tensor             images in [0, 1] (n, C, H, W) or points (n, 2)
     state_dict() / load_state_dict(state)
     device                  where its nets live

@@ -21,6 +21,7 @@ record's standard error covers the probe noise.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -44,10 +45,24 @@ class FlowMatchingOptions(DenoiserOptions):
     exact_divergence_dims: int = option(8, ge=0)  # exact divergence up to this many dimensions
 
 
+def _autograd_input(x: Tensor) -> Tensor:
+    """x as a fresh leaf that records gradients. Call inside `_autograd()`: the evaluation passes run
+    under torch.inference_mode, whose tensors autograd can neither record nor save, so the divergence
+    leaves inference mode and works on normal copies."""
+    return x.detach().clone().requires_grad_(True)
+
+
+@contextmanager
+def _autograd():
+    """Autograd on, even inside torch.inference_mode (enable_grad alone does not leave it)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
 def exact_divergence(f, x: Tensor) -> tuple[Tensor, Tensor]:
     """(f(x), div f at x) exactly: one backward pass per dimension (for low-dimensional data)."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
+    with _autograd():
+        x = _autograd_input(x)
         out = f(x)
         flat = out.flatten(1)
         div = torch.zeros(x.shape[0], device=x.device, dtype=out.dtype)
@@ -59,8 +74,8 @@ def exact_divergence(f, x: Tensor) -> tuple[Tensor, Tensor]:
 
 def hutchinson_divergence(f, x: Tensor, probe: Tensor) -> tuple[Tensor, Tensor]:
     """(f(x), e^T (df/dx) e) for a Rademacher probe e: an unbiased estimate of div f (one backward)."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
+    with _autograd():
+        x, probe = _autograd_input(x), probe.clone()
         out = f(x)
         (g,) = torch.autograd.grad((out * probe).sum(), x)
     return out.detach(), (g * probe).flatten(1).sum(1)

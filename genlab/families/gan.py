@@ -85,8 +85,9 @@ class GANFamily(FamilyBase):
     Options = GANOptions
     capabilities = frozenset({"sample", "interpolate"})
     # measured: bf16 + channels_last ran ~1.9x fp32 on the DCGAN step but cost quality (gan FID 58.1 vs
-    # fp32 56.1 / 55.2 over two seeds, recall 0.75 vs 0.81) and slowed the gradient penalty's double
-    # backward; channels_last alone (~1.8x, float32) keeps fp32's numbers. 2-D MLPs stay as they are.
+    # fp32 56.1 / 55.2 over two seeds, recall 0.75 vs 0.81) and seemed to slow WGAN-GP's double backward
+    # (596 vs ~1000 images/s, on a loaded machine); channels_last alone keeps float32's numbers at
+    # 1.13x (gan) to 1.20x (sngan) in bench/bench_train.py. 2-D MLPs stay as they are.
     speed = {"image": {"channels_last": True}}
 
     def __init__(self, cfg: RunConfig, info, device: torch.device):

@@ -127,14 +127,14 @@ class LookAhead:
         buffers = {n: b.clone() for n, b in D.named_buffers()}
         start = {n: _start_state(opt.opt, named[n]) for n in params}
         states, groups = {n: s for n, (s, _) in start.items()}, {n: g for n, (_, g) in start.items()}
-        ones = opt.scale(torch.ones((), device=fake.device))
+        ones = opt.scale(torch.ones((), device=fake.device))  # the loss scale (fp16), undone per gradient
+        size = world().size
         for _ in range(self.steps):
             critic = self._critic(D, params, fixed, buffers)
             d_loss = self.loss.d_loss(critic(real), critic(fake))
             for reg in self.regularizers:
                 d_loss = d_loss + reg(critic, real, fake, scale=opt.scale)
             grads = torch.autograd.grad(opt.scale(d_loss), list(params.values()), create_graph=True)
-            size = world().size
             for (n, p), g in zip(list(params.items()), grads):
                 g = all_reduce_sum(g / ones, grad=True) / size
                 params[n], states[n] = self.inner(p, g, states[n], groups[n])

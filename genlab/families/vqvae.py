@@ -146,17 +146,17 @@ class VQVAEFamily(FamilyBase):
         """Codebook health and reconstruction error on images x (uint8): perplexity of the code
         usage, codes used / dead (never chosen on x), and the MSE on the [0, 1] pixel scale."""
         counts = torch.zeros(self.opts.n_codes, dtype=torch.long)
-        se = 0.0
+        se = torch.zeros((), device=self.device)  # summed on the device, read back once
         for i in range(0, len(x), batch):
             xb = x[i:i + batch]
             codes = self.encode(xb)
             counts += torch.bincount(codes.flatten().cpu(), minlength=self.opts.n_codes)
             target = (self._prepare(xb) + 1) / 2
-            se += F.mse_loss(self.decode_codes(codes), target, reduction="sum").item()
+            se += F.mse_loss(self.decode_codes(codes), target, reduction="sum")
         used = int((counts > 0).sum())
         return {"perplexity": perplexity(counts), "codes_used": used, "dead_codes": self.opts.n_codes - used,
                 "n_codes": self.opts.n_codes, "usage": used / self.opts.n_codes,
-                "recon_mse": se / (len(x) * math.prod(self.info.shape)), "n_images": len(x)}
+                "recon_mse": float(se) / (len(x) * math.prod(self.info.shape)), "n_images": len(x)}
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

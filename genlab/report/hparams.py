@@ -30,7 +30,7 @@ _NOT_METRICS = {"step", "run_dir", "seed", "n", "n_real", "n_fake"}
 
 def hparam_dict(cfg: Any) -> dict[str, bool | int | float | str]:
     """A RunConfig (or its dict) -> flat {"gan.n_critic": 5, "train.steps": 6000, ...} of scalars."""
-    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    d = dict(cfg) if isinstance(cfg, Mapping) else cfg.to_dict()
     out: dict[str, bool | int | float | str] = {}
 
     def walk(obj: Any, prefix: str) -> None:
