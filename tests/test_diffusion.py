@@ -84,7 +84,8 @@ def _gaussian_batches(n, mu=(2.0, -1.0), std=0.5, seed=0):
 
 def _trained(model, steps=1500, **sets):
     key = "diffusion" if model == "ddpm" else "flow-matching"
-    sets = {f"{key}.optim.lr": 1e-3, f"{key}.warmup_steps": 50, **sets}
+    # raw coordinates: the ring8 section's sinusoidal features only add noise on one broad Gaussian
+    sets = {f"{key}.optim.lr": 1e-3, f"{key}.warmup_steps": 50, f"{key}.coord_features": 0, **sets}
     extra = [f"{k}={v}" for k, v in sets.items()]
     cfg = C.resolve(model, sets=["data.name=ring8", "train.batch_size=256", *extra])
     torch.manual_seed(0)
@@ -131,6 +132,21 @@ def test_the_trained_ddpm_samples_the_training_gaussian(ddpm):
     x = ddpm.sample(2000, torch.Generator().manual_seed(1), sampler="ddpm")
     assert torch.allclose(x.mean(0), torch.tensor([2.0, -1.0]), atol=0.15)
     assert torch.allclose(x.std(0), torch.tensor([0.5, 0.5]), atol=0.15)
+
+
+def test_the_2d_denoisers_coordinate_features_are_sinusoids_of_25_x():
+    """The toy configs' coord_features: the first layer sees [x, cos(25 x f_k), sin(25 x f_k) per
+    coordinate, time embedding], f_k = 10000^(-k / (F/2)) -- checked against a hand computation."""
+    from genlab.nets.unet import MLPDenoiser
+    net, feats = MLPDenoiser((2,), width=16, depth=2, coord_features=4), {}
+    net.net[0].register_forward_pre_hook(lambda m, args: feats.update(inp=args[0]))
+    x = torch.tensor([[0.3, -1.2]])
+    net(x, torch.tensor([0.5]))
+    f = torch.tensor([1.0, 10_000.0 ** -0.5])
+    want = [x[0]] + [torch.cat([torch.cos(25 * x[0, i] * f), torch.sin(25 * x[0, i] * f)]) for i in range(2)]
+    assert feats["inp"].shape == (1, 2 * 5 + 128)
+    assert torch.allclose(feats["inp"][0, :10], torch.cat(want), atol=1e-5)
+    assert MLPDenoiser((2,), width=16, depth=2).net[0].in_features == 2 + 128  # off: raw coordinates
 
 
 # ----------------------------------------------------------------------------- flow matching

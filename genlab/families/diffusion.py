@@ -61,6 +61,7 @@ class DenoiserOptions:
     attention: bool = False  # UNet: self-attention at the lowest resolution
     patch: int = option(1, ge=1)  # UNet: work on p x p pixel blocks folded into channels
     depth: int = option(3, ge=1)  # MLP: hidden layers
+    coord_features: int = option(0, ge=0, zero="raw coordinates only")  # MLP: sinusoids per coordinate
     class_conditional: bool = False
     cond_drop: float = option(0.1, ge=0, lt=1)  # label dropout (classifier-free guidance)
     guidance: float = option(0.0, ge=0)  # default guidance weight when sampling
@@ -79,7 +80,8 @@ def build_denoiser(o: DenoiserOptions, info, cfg, device, what: str):
             net = cls(tuple(info.shape), width=o.width, mults=tuple(o.mults), blocks=o.blocks,
                       attention=o.attention, num_classes=classes, patch=o.patch)
         else:
-            net = cls(tuple(info.shape), width=o.width, depth=o.depth, num_classes=classes)
+            net = cls(tuple(info.shape), width=o.width, depth=o.depth, num_classes=classes,
+                      coord_features=o.coord_features)
     except ValueError as e:  # sizes the data's shape does not allow
         raise ConfigError(f"{what}: {e}") from None
     return prepare_module(net, cfg.train, device)
