@@ -405,3 +405,17 @@ def test_minibatch_std_on_a_net_without_it_is_a_config_error():
         build_family(cfg, RING8, CPU)
     msg = str(err.value)
     assert "\n" not in msg and "gan.d_minibatch_std" in msg and "autoencoder-d" in msg and "mlp-d" in msg
+
+
+# ----------------------------------------------------------------------------- 6. learning-rate decay
+def test_lr_decay_follows_the_linear_schedule_and_is_off_at_its_default():
+    """gan.lr_decay_start: both rates are the configured ones up to start * steps, then fall linearly
+    to 0 at train.steps; at 1 (the default) they never change."""
+    sets = TOY + ["train.steps=10", "gan.g_optim.lr=0.001", "gan.d_optim.lr=0.003"]
+    decayed, plain = _family("gan", sets + ["gan.lr_decay_start=0.6"]), _family("gan", sets)
+    for step, factor in [(1, 1.0), (6, 1.0), (7, 0.75), (9, 0.25), (10, 0.0)]:
+        for fam in (decayed, plain):
+            fam.train_step(_points_batch(), step)
+        assert decayed.opt_g.param_groups[0]["lr"] == pytest.approx(0.001 * factor)
+        assert decayed.opt_d.param_groups[0]["lr"] == pytest.approx(0.003 * factor)
+        assert (plain.opt_g.param_groups[0]["lr"], plain.opt_d.param_groups[0]["lr"]) == (0.001, 0.003)

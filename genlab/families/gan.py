@@ -23,6 +23,7 @@ from ..config import OptimConfig, RunConfig
 from ..losses import build_loss, build_regularizers
 from ..parallel import prepare_module, shared_randn, world
 from ..registry import register, require
+from ..schedules import linear_decay
 from .base import FamilyBase, Update, eval_mode, in_batches, randn, to_signed
 from .gan_remedies import LookAhead, Packing, check_batch
 
@@ -55,6 +56,9 @@ class GANOptions:
     d_minibatch_std: int = option(0, ge=0, zero="off", aliases=((True, 4), (False, 0)))
     unroll: int = option(0, ge=0, zero="off")  # Unrolled GAN: G's loss after k look-ahead D steps (Metz et al. 2017)
     unroll_optim: str = option("adam", choices=("adam", "sgd"))  # the look-ahead steps' update
+    # both learning rates decay linearly to 0 after this fraction of train.steps (1: constant). Lets G
+    # settle onto the modes at the end instead of orbiting them at full step size (the 2-D sections)
+    lr_decay_start: float = option(1.0, ge=0, le=1)
 
 
 def _net(name: str, role: str, info, what: str) -> tuple[str, type]:
@@ -115,6 +119,7 @@ class GANFamily(FamilyBase):
         self.opt_d = Update(self.D.parameters(), o.d_optim, cfg.train, device)
         self.batches_per_step = o.n_critic
         self.ema_modules = [self.G]
+        self.total_steps = cfg.train.steps
 
     # -- data conventions: images live in [-1, 1] inside the family, points as they are
     def _prepare(self, x: Tensor) -> Tensor:
@@ -131,6 +136,10 @@ class GANFamily(FamilyBase):
         return shared_randn(n_local, (self.opts.latent_dim,), self.device)
 
     def train_step(self, batch: tuple[Tensor, Tensor], step: int) -> dict[str, Tensor]:
+        if self.opts.lr_decay_start < 1:
+            factor = linear_decay(step, self.total_steps, self.opts.lr_decay_start)
+            self.opt_g.set_lr(self.opts.g_optim.lr * factor)
+            self.opt_d.set_lr(self.opts.d_optim.lr * factor)
         reals = self._prepare(batch[0]).chunk(self.opts.n_critic)
         logs: dict[str, Tensor] = {}
         for real in reals:
