@@ -6,7 +6,6 @@ each module registers its commands on the app it is given (`register(app)`), so 
 module back."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -142,7 +141,9 @@ def main(argv: list[str] | None = None) -> None:
         code = 2
     except KeyboardInterrupt:
         code = 130
-    sys.exit(code or 0)
+    from .parallel import exit_process
+
+    exit_process(code or 0)  # sys.exit, or os._exit in a torchrun rank (see parallel/world.py)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def main(path: str) -> None:
     for job in json.loads(open(path).read()):
         cfg = C.resolve(job["model"], sets=job["sets"])
         Trainer(cfg, job["run_dir"], resume=job.get("resume", False), show_progress=False).run()
-    parallel.world_shutdown()
+    parallel.exit_process(0)  # as the CLI ends a rank
 
 
 if __name__ == "__main__":
