@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import ConfigError
+
 
 @functools.lru_cache(maxsize=None)
 def cpu_has_bf16() -> bool:
@@ -41,6 +43,9 @@ def resolve(cfg, family_cls, info, device: torch.device) -> None:
     t = cfg.train
     defaults = family_cls.speed.get(info.kind, {})
     asked_amp = t.amp
+    if family_cls.float32_only and asked_amp not in ("auto", "off"):
+        raise ConfigError(f"the {cfg.family} family trains in float32 ({family_cls.float32_only}): "
+                          f"train.amp={asked_amp} is not supported (set train.amp=off)")
     amp = defaults.get("amp", "off") if t.amp == "auto" else t.amp
     note = ""
     if amp == "bf16" and not native(amp, torch.device(device)):

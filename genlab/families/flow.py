@@ -75,6 +75,7 @@ class FlowFamily(FamilyBase):
     Options = FlowOptions
     capabilities = frozenset({"sample", "log_likelihood"})
     speed = {"image": {"channels_last": True}}  # measured ~1.15-1.25x; exact likelihoods keep float32
+    float32_only = "exact likelihoods: log-determinants summed over 784+ dimensions need float32, not bf16"
     sample_options = (SampleOption("temperature", float, "Sampling temperature: scale of the latent noise, "
                                                         "e.g. 0.7 (default: flow.temperature)"),)
 
@@ -82,9 +83,6 @@ class FlowFamily(FamilyBase):
         o: FlowOptions = cfg.options
         if info.binarized and o.n_bits != 1:
             raise ConfigError("binarized data has 2 levels per pixel: set flow.n_bits=1")
-        if cfg.train.amp != "off":  # log-determinants summed over 784+ dims need float32, not bf16
-            raise ConfigError(f"flows compute exact likelihoods in float32: train.amp={cfg.train.amp} is not "
-                              f"supported (set train.amp=off)")
         self.opts, self.info, self.device = o, info, device
         net_fn = require("net", o.net, "flow.net", role="flow")
         try:
