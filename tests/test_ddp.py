@@ -242,3 +242,13 @@ def test_a_rank_killed_mid_run_leaves_a_loadable_checkpoint_and_a_clear_error(tm
     assert not [p for p in (run / "checkpoints").iterdir() if ".tmp" in p.name]
     for v in (t for _, t in _tensors(ckpt["family_state"])):
         assert math.isfinite(v.sum().item())
+
+
+def test_exit_process_is_sys_exit_in_a_process_that_never_joined_a_group():
+    """In-process callers (tests, notebooks) keep SystemExit; only torchrun ranks take os._exit, and
+    every torchrun test above checks such a rank's exit code and complete output."""
+    from genlab.parallel import exit_process
+
+    with pytest.raises(SystemExit) as e:
+        exit_process(3)
+    assert e.value.code == 3
