@@ -330,18 +330,32 @@ def test_sample_temperature_grid_and_range():
         fam.sample(2, temperature=-1.0)
 
 
+def _float32_only_models() -> list[str]:
+    """Every model whose family declares float32_only (found through the registry, not listed)."""
+    return [m for m in C.model_names() if get("family", C.resolve(m).family).float32_only]
+
+
 @pytest.mark.parametrize("native_bf16", [True, False], ids=["bf16-cpu", "no-bf16-cpu"])
-@pytest.mark.parametrize("model", ["realnvp", "glow"])
-def test_flows_refuse_amp_on_every_cpu(monkeypatch, model, native_bf16):
+@pytest.mark.parametrize("model", _float32_only_models())
+def test_float32_only_families_refuse_amp_on_every_cpu(monkeypatch, model, native_bf16):
     """The refusal comes from the family's float32_only declaration, before the hardware fallback:
     the same error whether or not this CPU has native bf16 (CI machines differ)."""
     from genlab import speed
 
     monkeypatch.setattr(speed, "cpu_has_bf16", lambda: native_bf16)
+    cls = get("family", C.resolve(model).family)
+    info = DataInfo(name="random", kind="image", shape=(1, 4, 4), num_classes=10)
     for amp in ("true", "bf16", "fp16"):
         with pytest.raises(C.ConfigError, match="float32.*train.amp=(bf16|fp16)"):
-            _family(model=model, sets=[f"train.amp={amp}"])
-    assert _family(model=model, sets=["train.amp=auto"]) is not None
+            speed.resolve(C.resolve(model, sets=[f"train.amp={amp}"]), cls, info, torch.device("cpu"))
+    cfg = C.resolve(model, sets=["train.amp=auto"])
+    speed.resolve(cfg, cls, info, torch.device("cpu"))
+    assert cfg.train.amp == "off" and cfg.resolved["precision"] == "float32"
+
+
+def test_flows_declare_float32_only():
+    assert {"realnvp", "glow"} <= set(_float32_only_models())
+
 
 def test_family_rejects_bad_options():
     with pytest.raises(C.ConfigError, match="n_bits"):
@@ -350,6 +364,8 @@ def test_family_rejects_bad_options():
         _family(binarized=True)
     with pytest.raises(C.ConfigError, match="divisible"):
         _family(shape=(1, 6, 6), sets=["flow.levels=2"])
+    with pytest.raises(C.ConfigError, match="amp"):  # on every machine (test above)
+        _family(sets=["train.amp=true"])
     with pytest.raises(C.ConfigError, match="points"):
         build_family(C.resolve("glow"), DataInfo(name="p", kind="points", shape=(2,)), torch.device("cpu"))
 

@@ -17,8 +17,9 @@ the process group (nccl on CUDA, gloo on CPU) and every command keeps its meanin
 from .collectives import (all_gather_cat, all_gather_objects, all_reduce_sum, barrier, broadcast_object,
                           global_moments, on_main, shared_rand, shared_randn, shard_rows)
 from .modules import convert_sync_batchnorm, prepare_module
-from .world import DistributedError, World, device_for, exit_process, is_main, setup, shutdown as world_shutdown, world
+from .world import (DistributedError, World, device_for, exit_process, is_main, setup, shutdown as world_shutdown,
+                    world)
 
 __all__ = ["DistributedError", "World", "all_gather_cat", "all_gather_objects", "all_reduce_sum", "barrier",
-           "broadcast_object", "convert_sync_batchnorm", "device_for", "exit_process", "global_moments", "is_main", "on_main",
-           "prepare_module", "setup", "shard_rows", "shared_rand", "shared_randn", "world", "world_shutdown"]
+           "broadcast_object", "convert_sync_batchnorm", "device_for", "exit_process", "global_moments", "is_main",
+           "on_main", "prepare_module", "setup", "shard_rows", "shared_rand", "shared_randn", "world", "world_shutdown"]
