@@ -1,7 +1,7 @@
 """How long evaluation takes: `genlab eval -n N` for every default model, and genlab's one feature
 pass versus separate torchmetrics metric objects (each re-extracting features), in the same process.
 
-    python bench/bench_eval.py [RUN_DIR] [--n 10000] [--threads 0] [--families all|none|gan,vae,...]
+    python bench/bench_eval.py [RUN_DIR] [--n 10000] [--threads 0] [--repeats 3] [--families all|none|gan,...]
 
 Part 1 (--families): for each default model, an untrained family of its shipped config (the timing
 does not depend on what the weights learned; vqvae-prior on an untrained VQ-VAE, cyclegan on
@@ -14,8 +14,8 @@ Without RUN_DIR an untrained GAN (`genlab.config.resolve("gan")`) provides the s
 does not depend on sample quality. Both sides use the genlab-mnist extractor and the same images:
 
 - genlab: sample in batches -> features_and_probs (one forward) -> compute_all(fid, kid, is, pr, dc).
-  Timed twice: with the real reference features computed in the timed region (no cache), and with
-  them from the reference cache (what `genlab eval` does after the first call).
+  Timed twice: with the real reference features and their k-NN radii computed in the timed region
+  (no cache), and with both from the reference cache (what `genlab eval` does after the first call).
 - torchmetrics: the N images are generated once (timed), then FrechetInceptionDistance,
   KernelInceptionDistance(subsets=100, subset_size=1000) and InceptionScore(splits=10), each given the
   extractor as its `feature=` module, are updated with real and/or fake images and computed; torchmetrics
@@ -25,6 +25,7 @@ does not depend on sample quality. Both sides use the genlab-mnist extractor and
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import warnings
 
@@ -85,73 +86,45 @@ class FeatureModule(nn.Module):
         return f if self.output == "features" else p.clamp_min(1e-30).log()  # IS applies softmax again
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir", nargs="?", help="a genlab run directory (default: an untrained GAN)")
-    ap.add_argument("--n", type=int, default=10000)
-    ap.add_argument("--batch-size", type=int, default=500)
-    ap.add_argument("--threads", type=int, default=0, help="0: torch's default (all cores)")
-    ap.add_argument("--families", default="all", help="models for part 1 (all, none, or a list)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    if args.families != "none":
-        family_table(args.families, args.n)
+def genlab_pass(family, sampling, info, data_cfg, ext, n, bs, seed, use_cache: bool) -> tuple[dict, dict]:
+    """What `genlab eval` does, timed by part: (seconds per part, metric values)."""
+    from genlab.eval.evaluate import sample_features
+    from genlab.eval.metrics import compute_all
+    from genlab.eval.reference import get_reference
 
+    t0 = time.perf_counter()
+    ref = get_reference(data_cfg, "test", n, ext, batch_size=bs, use_cache=use_cache, log=lambda m: None)
+    radii = ref.knn_radii([3, 5])  # as `genlab eval` does: kept in the cache file, computed once
+    t1 = time.perf_counter()
+    with sampling():
+        fake, probs = sample_features(family.sample, n, ext, bs, seed, info.shape)
+    t2 = time.perf_counter()
+    out = compute_all(ref.features, fake, probs, seed=seed, real_radii=radii)
+    t3 = time.perf_counter()
+    return {"reference": t1 - t0, "sample+features": t2 - t1, "metrics": t3 - t2}, out
+
+
+def separate_objects(family, sampling, real_images, ext, n, bs, seed) -> tuple[dict, dict]:
+    """The same metrics from separate torchmetrics objects (see the module docstring)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.inception import InceptionScore
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    from genlab import config as C
-    from genlab.data import DataInfo
-    from genlab.eval.evaluate import sample_features
-    from genlab.eval.features import get_extractor
-    from genlab.eval.metrics import compute_all, density_coverage, precision_recall
-    from genlab.eval.reference import get_reference, load_real
-    from genlab.families.base import build_family
+    from genlab.eval.metrics import density_coverage, precision_recall
 
-    if args.run_dir:
-        from genlab.runs import load_run
-
-        run = load_run(args.run_dir, "last", "cpu")
-        family, info, data_cfg, sampling, label = run.family, run.info, run.cfg.data, run.sampling, args.run_dir
-    else:
-        cfg = C.resolve("gan")
-        info = DataInfo("mnist", "image", (1, 28, 28), 10)
-        family, data_cfg, label = build_family(cfg, info, torch.device("cpu")), cfg.data, "untrained gan"
-        from contextlib import nullcontext as sampling
-    n, bs, seed = args.n, args.batch_size, 0
-    ext = get_extractor("genlab-mnist")
-    real_images = load_real(data_cfg, "test", n)[0]
-    print(f"samples: {label}; n = {n} fake vs {len(real_images)} real (mnist test); extractor {ext.name} "
-          f"{ext.fingerprint}; threads {torch.get_num_threads()}")
-
-    def genlab_pass(use_cache: bool) -> tuple[float, dict]:
-        t = time.perf_counter()
-        ref = get_reference(data_cfg, "test", n, ext, batch_size=bs, use_cache=use_cache, log=lambda m: None)
-        with sampling():
-            fake, probs = sample_features(family.sample, n, ext, bs, seed, info.shape)
-        out = compute_all(ref.features, fake, probs, seed=seed)
-        return time.perf_counter() - t, out
-
-    get_reference(data_cfg, "test", n, ext, batch_size=bs, log=lambda m: None)  # warm the cache
-    t_nocache, ours = genlab_pass(use_cache=False)
-    t_cache, _ = genlab_pass(use_cache=True)
-
-    t0 = time.perf_counter()
+    times, tm = {}, {}
+    t = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     with sampling():
         fake_images = torch.cat([family.sample(min(bs, n - i), gen) for i in range(0, n, bs)])
     real = real_images.float() / 255
-    t_sample = time.perf_counter() - t0
-    times = {}
+    times[f"sampling {n} images once"] = time.perf_counter() - t
     t = time.perf_counter()
     fid = FrechetInceptionDistance(feature=FeatureModule(ext, "features"), normalize=True)
     for i in range(0, n, bs):
         fid.update(real[i:i + bs], real=True)
         fid.update(fake_images[i:i + bs], real=False)
-    tm = {"fid": fid.compute().item()}
+    tm["fid"] = fid.compute().item()
     times["FrechetInceptionDistance"] = time.perf_counter() - t
     t = time.perf_counter()
     kid = KernelInceptionDistance(feature=FeatureModule(ext, "features"), subsets=100, subset_size=1000,
@@ -172,16 +145,71 @@ def main() -> None:
     tm["precision"], tm["recall"] = precision_recall(fr, ff, k=3)
     tm["density"], tm["coverage"] = density_coverage(fr, ff, k=5)
     times["precision/recall + density/coverage (features again)"] = time.perf_counter() - t
-    t_tm = t_sample + sum(times.values())
+    return times, tm
 
-    print(f"\n{'genlab, one pass, reference computed (no cache)':<58} {t_nocache:8.2f} s")
-    print(f"{'genlab, one pass, reference from cache':<58} {t_cache:8.2f} s")
-    print(f"{'separate metric objects, total':<58} {t_tm:8.2f} s")
-    print(f"{'  sampling ' + str(n) + ' images once':<58} {t_sample:8.2f} s")
-    for name, sec in times.items():
-        print(f"  {name:<56} {sec:8.2f} s")
-    print(f"\nratio separate / one pass: {t_tm / t_nocache:.2f}x (no cache), {t_tm / t_cache:.2f}x (cached reference)")
-    print("\nvalues (genlab one pass vs separate objects):")
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", nargs="?", help="a genlab run directory (default: an untrained GAN)")
+    ap.add_argument("--n", type=int, default=10000)
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=0, help="0: torch's default (all cores)")
+    ap.add_argument("--repeats", type=int, default=3, help="part 2 is run this many times; medians printed")
+    ap.add_argument("--families", default="all", help="models for part 1 (all, none, or a list)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    if args.families != "none":
+        family_table(args.families, args.n)
+
+    from genlab import config as C
+    from genlab.data import DataInfo
+    from genlab.eval.features import get_extractor
+    from genlab.eval.reference import get_reference, load_real
+    from genlab.families.base import build_family
+
+    if args.run_dir:
+        from genlab.runs import load_run
+
+        run = load_run(args.run_dir, "last", "cpu")
+        family, info, data_cfg, sampling, label = run.family, run.info, run.cfg.data, run.sampling, args.run_dir
+    else:
+        cfg = C.resolve("gan")
+        info = DataInfo("mnist", "image", (1, 28, 28), 10)
+        family, data_cfg, label = build_family(cfg, info, torch.device("cpu")), cfg.data, "untrained gan"
+        from contextlib import nullcontext as sampling
+    n, bs, seed = args.n, args.batch_size, 0
+    ext = get_extractor("genlab-mnist")
+    real_images = load_real(data_cfg, "test", n)[0]
+    print(f"samples: {label}; n = {n} fake vs {len(real_images)} real (mnist test); extractor {ext.name} "
+          f"{ext.fingerprint}; threads {torch.get_num_threads()}; medians of {args.repeats} repeats")
+    get_reference(data_cfg, "test", n, ext, batch_size=bs, log=lambda m: None).knn_radii([3, 5])  # warm the cache
+    runs = {"nocache": [], "cache": [], "separate": []}
+    for _ in range(args.repeats):
+        runs["nocache"].append(genlab_pass(family, sampling, info, data_cfg, ext, n, bs, seed, False))
+        runs["cache"].append(genlab_pass(family, sampling, info, data_cfg, ext, n, bs, seed, True))
+        runs["separate"].append(separate_objects(family, sampling, real_images, ext, n, bs, seed))
+    total = {k: median(sum(t.values()) for t, _ in v) for k, v in runs.items()}
+    ratios = {k: median(sum(s.values()) / sum(g.values()) for (s, _), (g, _) in zip(runs["separate"], runs[k]))
+              for k in ("nocache", "cache")}
+
+    def parts(k):
+        return ", ".join(f"{p} {median(t[p] for t, _ in runs[k]):.2f}" for p in runs[k][0][0])
+
+    print(f"\n{'genlab, one pass, reference computed (no cache)':<58} {total['nocache']:8.2f} s  ({parts('nocache')})")
+    print(f"{'genlab, one pass, reference from cache':<58} {total['cache']:8.2f} s  ({parts('cache')})")
+    print(f"{'separate metric objects, total':<58} {total['separate']:8.2f} s")
+    for name in runs["separate"][0][0]:
+        print(f"  {name:<56} {median(t[name] for t, _ in runs['separate']):8.2f} s")
+    print(f"\nratio separate / one pass (median of per-repeat ratios): {ratios['nocache']:.2f}x (no cache), "
+          f"{ratios['cache']:.2f}x (cached reference)")
+    ours, tm = runs["cache"][0][1], runs["separate"][0][1]
+    print("\nvalues (genlab one pass vs separate objects; KID's subsets are drawn differently):")
     for k in ("fid", "kid_mean", "is_mean", "precision", "recall", "density", "coverage"):
         print(f"  {k:<10} {ours[k]:12.6g} {tm[k]:12.6g}")
 

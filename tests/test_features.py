@@ -56,6 +56,50 @@ def test_extractor_contract(ext):
     assert torch.allclose(ext.features(u8), f, atol=1e-6)
 
 
+def _with_running_stats(net):
+    g = torch.Generator().manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5, generator=g)
+            m.running_var.uniform_(0.3, 3, generator=g)
+            m.weight.data.normal_(1, 0.3, generator=g)
+            m.bias.data.normal_(0, 0.3, generator=g)
+    return net.eval()
+
+
+def test_fold_batchnorm_keeps_the_function_and_leaves_the_original_alone():
+    from torch import nn
+
+    from genlab.nets.common import fold_batchnorm
+
+    net = _with_running_stats(nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Sequential(nn.ConvTranspose2d(8, 4, 4, 2, 1), nn.BatchNorm2d(4)),
+        nn.Flatten(), nn.Linear(4 * 16 * 16, 6), nn.BatchNorm1d(6)))
+    x = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    folded = fold_batchnorm(net)
+    kinds = [type(m) for m in folded.modules()]
+    assert nn.BatchNorm2d not in kinds and nn.BatchNorm1d in kinds  # only conv -> BN2d pairs fold
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 2  # the original is untouched
+    with torch.no_grad():
+        assert torch.allclose(folded(x), net(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(net.train())
+
+
+def test_genlab_extractor_folds_its_batch_norms_and_gives_the_same_features(ext):
+    from genlab.eval.evaluator import load_evaluator
+
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in ext.net.modules())
+    plain = load_evaluator(ext.path)[0]
+    images = load_dataset(DataConfig(name="mnist"), "test").x[:200]
+    with torch.inference_mode():
+        want, logits = plain.features_and_logits(images.float() / 255)
+    got, probs = ext.features_and_probs(images)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    assert torch.allclose(probs, logits.softmax(1), atol=1e-5)
+
+
 @pytest.mark.parametrize("bad, match", [
     (torch.full((2, 1, 28, 28), float("nan")), "NaN"),
     (torch.full((2, 1, 28, 28), 1.5), r"\[0, 1\]"),

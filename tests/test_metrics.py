@@ -170,6 +170,21 @@ def test_kid_matches_torchmetrics_on_full_subset():
     assert mean == pytest.approx(ref, rel=1e-9) and std == 0.0
 
 
+def test_kid_of_float32_features_agrees_with_float64_within_stated_tolerance():
+    """KID keeps float32 features in float32 (metrics.kid); the float64 path is the one checked
+    against torchmetrics above. Float32 dot products of dense positive features run ~2e-7 high, so
+    the stated bound is 1e-6 x the mean kernel value -- here 17, and still 1% of the subset std."""
+    base = gauss(1200, 128, seed=30).relu() * 3
+    for real, fake in [(base[:600], base[600:] * 1.02), (base[:600], base[600:] * 1.02 + 0.01)]:
+        got = M.kid(real.float(), fake.float(), n_subsets=20, subset_size=300)
+        ref = M.kid(real.float().double(), fake.float().double(), n_subsets=20, subset_size=300)
+        mean_kernel = ((fake @ fake.T) / 128 + 1).pow(3).mean().item()
+        assert abs(got[0] - ref[0]) < 1e-6 * mean_kernel and abs(got[0] - ref[0]) < 0.01 * ref[1]
+        assert got[1] == pytest.approx(ref[1], rel=1e-3)
+    low = M.kid(real.half(), fake.half(), n_subsets=2, subset_size=50)[0]  # half precision -> float32
+    assert low == pytest.approx(M.kid(real.half().float(), fake.half().float(), n_subsets=2, subset_size=50)[0])
+
+
 def test_kid_clips_subset_size_with_warning():
     x, y = gauss(80, 4), gauss(60, 4, seed=1)
     with pytest.warns(UserWarning, match="subset_size"):
@@ -215,6 +230,8 @@ def two_blobs(n, d=2, seed=0, far=20.0):
 def test_precision_recall_extremes_and_subset_support():
     x = gauss(300, 4, seed=16)
     assert M.precision_recall(x, x) == (1.0, 1.0)
+    x32 = gauss(400, 32, seed=31).float()
+    assert M.precision_recall(x32, x32.clone()) == (1.0, 1.0)
     assert M.precision_recall(x, gauss(300, 4, shift=100.0, seed=17)) == (0.0, 0.0)
     real = two_blobs(600, seed=18)           # half the mass near (20, 0), half near (0, 0)
     fake = gauss(300, 2, seed=19)            # only the blob at the origin
@@ -248,6 +265,11 @@ def brute_force_prdc(real, fake, k_pr, k_dc):
         density=(d_rf < r_dc[:, None]).sum(0).mean() / k_dc,
         coverage=(d_rf.min(1) < r_dc).mean(),
     )
+
+
+def test_row_and_column_radii_agree():
+    x = gauss(300, 6, seed=32).float()
+    assert torch.allclose(M._row_radii(x, 3), M.knn_radii(x, [3])[3], rtol=1e-5, atol=1e-6)
 
 
 def test_chunked_pr_dc_match_brute_force(monkeypatch):
