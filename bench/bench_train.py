@@ -25,6 +25,7 @@ from torch.utils.flop_counter import flop_registry
 from genlab import config as C
 from genlab.data import load_dataset, make_sampler
 from genlab.families.base import build_family
+from genlab.speed import cpu_has_bf16
 from genlab.parallel.modules import to_channels_last
 from genlab.registry import available
 from genlab.train import autocast
@@ -137,8 +138,8 @@ def main() -> None:
     models = available("model") if args.models == "all" else args.models.split(",")
     fp32_peak, bf16_peak = matmul_peak(torch.float32, repeats=9), matmul_peak(torch.bfloat16, repeats=9)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peaks measured now: "
-          f"fp32 {fp32_peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s; native bf16: "
-          f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
+          f"fp32 {fp32_peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s; native bf16 (genlab.speed): "
+          f"{cpu_has_bf16()}; oneDNN bf16 (native or emulated): {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
     print(f"{'model':<16}{'variant':<9}{'img/s':>9}{'vs fp32':>9}{'GFLOP/step':>12}{'GFLOP/s':>9}"
           f"{'% fp32 pk':>11}{'% bf16 pk':>11}  shipped default")
     for model in models:

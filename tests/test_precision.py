@@ -26,6 +26,17 @@ def _models_with_bf16_default():
     return out
 
 
+@pytest.mark.parametrize("text, native", [
+    ("flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n", False),  # AVX512 without BF16 (emulated)
+    ("flags\t\t: fpu avx512f avx512_bf16 avx512_vnni\nflags\t\t: fpu avx512f avx512_bf16\n", True),
+    ("flags\t\t: fpu avx512f amx_tile amx_bf16\n", True),
+    ("Features\t: fp asimd sve bf16 i8mm\n", True),  # Arm (e.g. Neoverse V1)
+    ("Features\t: fp asimd\nmodel name\t: bf16 lookalike\n", False),
+])
+def test_native_bf16_is_read_from_cpuinfo_flags(text, native):
+    assert speed.bf16_in_cpuinfo(text) is native
+
+
 def test_auto_takes_the_family_default_per_data_kind(monkeypatch):
     monkeypatch.setattr(speed, "cpu_has_bf16", lambda: True)
     cfg = C.resolve("gan")
@@ -56,11 +67,13 @@ def test_bf16_without_native_support_falls_back_and_says_so(monkeypatch, tmp_pat
     assert saved["resolved"]["precision"].startswith("float32 (bf16 asked, but this CPU has no native bf16")
 
 
-@pytest.mark.skipif(not speed.cpu_has_bf16(), reason="this CPU has no native bf16")
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="oneDNN has no bf16 on this CPU")
 @pytest.mark.parametrize("model", _models_with_bf16_default())
-def test_bf16_step_agrees_with_float32_on_a_fixed_batch(model):
+def test_bf16_step_agrees_with_float32_on_a_fixed_batch(monkeypatch, model):
     """One training step of the same weights on the same batch: every logged loss within 5% (bf16 keeps
-    8 bits of mantissa, ~0.4% per value; the batch means and the float32 loss sums stay close)."""
+    8 bits of mantissa, ~0.4% per value; the batch means and the float32 loss sums stay close).
+    Run wherever oneDNN computes bf16, emulated or native: the numbers are the same format."""
+    monkeypatch.setattr(speed, "cpu_has_bf16", lambda: True)  # else a CPU without it would compare fp32 to fp32
     family = C.model_layer(model).get("family", "gan")
     out = {}
     for amp in ("off", "bf16"):
@@ -78,3 +91,4 @@ def test_bf16_step_agrees_with_float32_on_a_fixed_batch(model):
             out[amp] = {k: float(v) for k, v in fam.train_step((x, torch.zeros(len(x), dtype=torch.long)), 1).items()}
     for k, v in out["off"].items():
         assert out["bf16"][k] == pytest.approx(v, rel=0.05, abs=0.02), (model, k)
+    assert out["bf16"] != out["off"]  # bf16 really ran

@@ -28,8 +28,8 @@ from torch import Tensor
 
 from .. import registry
 from ..errors import GenlabError
-from ..paths import evaluators_dir
 from ..nets.common import fold_batchnorm
+from ..paths import evaluators_dir
 from .evaluator import evaluator_name, find_weights, load_evaluator
 
 FINGERPRINT_CHARS = 16

@@ -3,7 +3,7 @@
 No networks here: features come from ``genlab.eval.features`` (one extractor pass serves every
 metric, as in torch-fidelity). Statistics, FID and IS are computed in float64; KID's kernel values
 and the k-NN distances of precision/recall/density/coverage keep the input dtype (float32 from every
-extractor: a third of KID's float64 time, half the memory and time of the distances on GPU).
+extractor: about half KID's float64 time, half the memory and time of the distances on GPU).
 
 - FID (Heusel et al. 2017): Fréchet distance between Gaussians fitted to features. Biased by n
   (larger n -> lower), so only compare at equal sample counts. tr((S1 S2)^1/2) is taken from the

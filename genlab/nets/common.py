@@ -49,7 +49,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
         for conv_name, bn_name in zip(names, names[1:]):
             conv, bn = seq._modules[conv_name], seq._modules[bn_name]
             if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and type(bn) is nn.BatchNorm2d \
-                    and bn.track_running_stats:
+                    and bn.track_running_stats and not nn.utils.parametrize.is_parametrized(conv):
                 seq._modules[conv_name] = fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
                 seq._modules[bn_name] = nn.Identity()
     return folded
