@@ -141,13 +141,12 @@ def main() -> None:
           f"fp32 {fp32_peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s; native bf16 (genlab.speed): "
           f"{cpu_has_bf16()}; oneDNN bf16 (native or emulated): {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
     print(f"{'model':<16}{'variant':<9}{'img/s':>9}{'vs fp32':>9}{'GFLOP/step':>12}{'GFLOP/s':>9}"
-          f"{'% fp32 pk':>11}{'% bf16 pk':>11}  shipped default")
+          f"{'% fp32 pk':>11}{'% bf16 pk':>11}  shipped default, as resolved here")
     for model in models:
         flops = flops_per_step(model)
-        shipped = C.resolve(model, sets=SPECIAL.get(model, [])).train
         variants = [v for v in args.variants.split(",") if applicable(model, v)]
         rates = images_per_sec(model, variants, args.steps, args.repeats)
-        _, _, _, images = setup(model, "fp32")
+        shipped, _, _, images = setup(model, "default")  # what `auto` resolves to on this machine
         base = None
         for variant in variants:
             ips = rates[variant]
@@ -155,7 +154,7 @@ def main() -> None:
             gflops = flops * ips / images / 1e9
             print(f"{model:<16}{variant:<9}{ips:>9.0f}{ips / base:>8.2f}x{flops / 1e9:>12.2f}{gflops:>9.1f}"
                   f"{100 * gflops / fp32_peak:>10.0f}%{100 * gflops / bf16_peak:>10.0f}%  "
-                  f"amp={shipped.amp} channels_last={shipped.channels_last}", flush=True)
+                  f"{shipped.resolved['precision']}, channels_last {shipped.train.channels_last}", flush=True)
 
 
 if __name__ == "__main__":
