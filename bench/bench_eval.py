@@ -17,7 +17,7 @@ does not depend on sample quality. Both sides use the genlab-mnist extractor and
   Timed twice: with the real reference features and their k-NN radii computed in the timed region
   (no cache), and with both from the reference cache (what `genlab eval` does after the first call).
 - torchmetrics: the N images are generated once (timed), then FrechetInceptionDistance,
-  KernelInceptionDistance(subsets=100, subset_size=1000) and InceptionScore(splits=10), each given the
+  KernelInceptionDistance(subsets=100, subset_size=min(1000, N)) and InceptionScore(splits=10), each given the
   extractor as its `feature=` module, are updated with real and/or fake images and computed; torchmetrics
   has no precision/recall or density/coverage, so those come from one more feature pass through
   genlab.eval.metrics.precision_recall and density_coverage (the way a separate prdc tool works).
@@ -25,8 +25,8 @@ does not depend on sample quality. Both sides use the genlab-mnist extractor and
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
+from statistics import median
 import warnings
 
 import torch
@@ -127,8 +127,8 @@ def separate_objects(family, sampling, real_images, ext, n, bs, seed) -> tuple[d
     tm["fid"] = fid.compute().item()
     times["FrechetInceptionDistance"] = time.perf_counter() - t
     t = time.perf_counter()
-    kid = KernelInceptionDistance(feature=FeatureModule(ext, "features"), subsets=100, subset_size=1000,
-                                  normalize=True)
+    kid = KernelInceptionDistance(feature=FeatureModule(ext, "features"), subsets=100,
+                                  subset_size=min(1000, n), normalize=True)
     for i in range(0, n, bs):
         kid.update(real[i:i + bs], real=True)
         kid.update(fake_images[i:i + bs], real=False)
@@ -146,10 +146,6 @@ def separate_objects(family, sampling, real_images, ext, n, bs, seed) -> tuple[d
     tm["density"], tm["coverage"] = density_coverage(fr, ff, k=5)
     times["precision/recall + density/coverage (features again)"] = time.perf_counter() - t
     return times, tm
-
-
-def median(values) -> float:
-    return statistics.median(values)
 
 
 def main() -> None:

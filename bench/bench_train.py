@@ -25,9 +25,9 @@ from torch.utils.flop_counter import flop_registry
 from genlab import config as C
 from genlab.data import load_dataset, make_sampler
 from genlab.families.base import build_family
-from genlab.speed import cpu_has_bf16
 from genlab.parallel.modules import to_channels_last
 from genlab.registry import available
+from genlab.speed import cpu_has_bf16
 from genlab.train import autocast
 
 VARIANTS = {"fp32": ["train.amp=off", "train.channels_last=false"],
