@@ -89,8 +89,11 @@ class MinibatchStd(nn.Module):
         g = min(self.group_size, n)
         if n % g:
             raise ValueError(f"minibatch std: a batch of {n} does not split into groups of {g}")
-        y = x.reshape(n // g, g, *x.shape[1:])
-        std = (y.var(dim=1, unbiased=False) + 1e-8).sqrt()  # (n/g, C, ...)
+        y = x.reshape(n // g, g, *x.shape[1:]).float()  # float32 statistics under bf16 autocast too
+        # the biased variance written out: torch.var over this middle dim took 8 ms on a 64x64x7x7
+        # batch here (a fifth of the SN-GAN step), the two means 0.3 ms
+        var = (y - y.mean(1, keepdim=True)).square().mean(1)
+        std = (var + 1e-8).sqrt()  # (n/g, C, ...)
         s = std.flatten(1).mean(1).repeat_interleave(g)  # one number per sample, shared in its group
         feature = s.reshape(n, 1, *([1] * (x.dim() - 2))).expand(n, 1, *x.shape[2:])
         return torch.cat([x, feature.to(x.dtype)], 1)
