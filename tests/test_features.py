@@ -46,11 +46,12 @@ def test_extractor_contract(ext):
     assert f.shape == (37, 128) and p.shape == (37, 10) and f.dtype == p.dtype == torch.float32
     assert torch.allclose(p.sum(1), torch.ones(37), atol=1e-5)
     assert torch.equal(ext.features(x), f) and torch.equal(ext.probs(x), p)
-    ext.batch_size = 8  # internal batching does not change the result
+    assert ext.batch_size is None  # rows per forward: genlab.speed.inference_chunk (64 on the CPU)
+    ext.batch_size = 8  # internal batching (five forwards here, one above) does not change the result
     try:
         f8 = ext.features(x)
     finally:
-        ext.batch_size = 500
+        ext.batch_size = None
     assert torch.allclose(f8, f, atol=1e-5)
     u8 = (x * 255).round().to(torch.uint8)  # quantisation: float input takes the uint8 path
     assert torch.allclose(ext.features(u8), f, atol=1e-6)

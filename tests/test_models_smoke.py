@@ -131,3 +131,48 @@ def test_every_model_resumes_exactly(model, tmp_path):
     assert ta.keys() == tb.keys() and len(ta) > 4
     different = [k for k in ta if not torch.equal(ta[k], tb[k])]
     assert not different, f"{model}: resumed state differs in {different[:5]}"
+
+
+# Inference forwards run in row chunks (genlab.speed.inference_chunk: 64 on the CPU): every model's
+# samples, likelihoods and reconstructions must not depend on the chunk. Chunks of 2 rows against one
+# forward of the whole batch; the tolerance covers float rounding that differs between batch shapes.
+INFERENCE_EXTRA = {"vae": ["vae.iw_samples=6", "vae.iw_batch=12"],
+                   # a small net for the adaptive ODE likelihood (80 s at the default width, perturbed)
+                   "flow-matching": ["flow-matching.width=8", "flow-matching.ode_tol=1e-4"]}
+
+
+def _inference_outputs(model: str) -> dict[str, torch.Tensor]:
+    family = C.model_layer(model).get("family", "gan")
+    cfg, info, fam = tiny_family(model, "image", INFERENCE_EXTRA.get(family, ()))
+    if "translate" in fam.capabilities:
+        pytest.skip("translation samples are drawn from the images trained on (test_cyclegan.py)")
+    with torch.no_grad():  # zero-initialised output layers (the denoisers') would ignore their input
+        for p in _trained_parameters(fam).values():
+            if not p.any():
+                p.normal_(0, 0.01)
+    n = 5
+    x = _random_batch(info, n)[0]
+    if family in ("vae", "autoregressive"):  # binary data
+        x = (x > 127).to(torch.uint8) * 255
+    out = {"sample": fam.sample(n, torch.Generator().manual_seed(0))}
+    if "log_likelihood" in fam.capabilities:
+        with torch.random.fork_rng():
+            torch.manual_seed(1)
+            out["log_likelihood"] = torch.as_tensor(fam.log_likelihood(x)).double()
+    if "reconstruct" in fam.capabilities:
+        out["reconstruct"] = fam.reconstruct(x).float()
+    return out
+
+
+@pytest.mark.parametrize("model", available("model"))
+def test_inference_does_not_depend_on_the_chunk(model, monkeypatch):
+    from genlab import speed
+
+    monkeypatch.setattr(speed, "CPU_INFERENCE_CHUNK", 1 << 30)
+    whole = _inference_outputs(model)
+    monkeypatch.setattr(speed, "CPU_INFERENCE_CHUNK", 2)
+    chunks = _inference_outputs(model)
+    assert whole.keys() == chunks.keys()
+    for key in whole:
+        diff = (whole[key].double() - chunks[key].double()).abs().max().item()
+        assert diff <= 1e-4 * (1 + whole[key].double().abs().max().item()), (model, key, diff)

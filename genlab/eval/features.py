@@ -30,6 +30,7 @@ from .. import registry
 from ..errors import GenlabError
 from ..nets.common import fold_batchnorm
 from ..paths import evaluators_dir
+from ..speed import inference_chunk
 from .evaluator import evaluator_name, find_weights, load_evaluator
 
 FINGERPRINT_CHARS = 16
@@ -46,7 +47,7 @@ class Extractor:
     dim: int
     num_classes: int
     input_shape: tuple
-    batch_size: int = 500
+    batch_size: int | None = None  # rows per forward; None: speed.inference_chunk of the device
     preprocessing: str = "[0,1] -> 8-bit quantised"
 
     def __init__(self, device: str | torch.device = "cpu"):
@@ -87,9 +88,10 @@ class Extractor:
             raise GenlabError(f"{self.name}: expected images (n, C, H, W), got shape {tuple(x.shape)}")
         self.check_shape(tuple(x.shape[1:]))
         feats, probs = [], []
+        size = self.batch_size or inference_chunk(self.device) or max(1, x.shape[0])
         with torch.inference_mode():
-            for i in range(0, x.shape[0], self.batch_size):
-                f, p = self._forward(self._prepare(x[i:i + self.batch_size]))
+            for i in range(0, x.shape[0], size):
+                f, p = self._forward(self._prepare(x[i:i + size]))
                 feats.append(f.float().cpu())
                 probs.append(p.float().cpu())
         if not feats:

@@ -19,7 +19,7 @@ from ..config import OptimConfig
 from ..nets.pixelcnn import raster_sample
 from ..parallel import prepare_module
 from ..registry import register, require
-from .base import FamilyBase, Update, bits_per_dim, eval_mode
+from .base import FamilyBase, Update, bits_per_dim, chunked, eval_mode
 
 
 @dataclass
@@ -88,7 +88,7 @@ class AutoregressiveFamily(FamilyBase):
     def log_likelihood(self, x_uint8: Tensor, y: Tensor | None = None) -> Tensor:
         """log p(x) in nats per image (exact)."""
         with eval_mode(self.net):
-            return -self.nll(x_uint8.to(self.device), None if y is None else y.to(self.device))
+            return -chunked(self.nll, x_uint8.to(self.device), None if y is None else y.to(self.device))
 
     @torch.inference_mode()
     def sample(self, n: int, generator: torch.Generator | None = None, y: Tensor | None = None,

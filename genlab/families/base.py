@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from .. import registry
 from ..config import ConfigError, OptimConfig, RunConfig
+from ..speed import inference_chunk
 
 
 class Family(Protocol):
@@ -197,6 +198,18 @@ def to_unit(x: Tensor) -> Tensor:
 def randn(shape: tuple[int, ...], generator: torch.Generator | None, device) -> Tensor:
     """Standard normal noise drawn on the CPU from `generator` (or the global RNG), then moved."""
     return torch.randn(shape, generator=generator).to(device)
+
+
+def chunked(fn, *args):
+    """fn(*args) over row chunks of its tensor arguments, the results concatenated along rows: for
+    inference forwards of per-row nets, whose results do not depend on the chunking. The chunk is
+    speed.inference_chunk of the arguments' device; None arguments pass through."""
+    first = next(a for a in args if isinstance(a, Tensor))
+    size, n = inference_chunk(first.device), first.shape[0]
+    if size is None or n <= size:
+        return fn(*args)
+    return torch.cat([fn(*(a[i:i + size] if isinstance(a, Tensor) else a for a in args))
+                      for i in range(0, n, size)])
 
 
 @torch.no_grad()

@@ -41,7 +41,7 @@ from ..noise import SCHEDULES, NoiseSchedule, discretized_gaussian_log_likelihoo
 from ..parallel import prepare_module, shared_rand, shared_randn
 from ..registry import register, require
 from ..schedules import warmup
-from .base import FamilyBase, SampleOption, Update, eval_mode, in_batches, randn, to_signed
+from .base import FamilyBase, SampleOption, Update, chunked, eval_mode, in_batches, randn, to_signed
 
 SAMPLE_OPTIONS = (
     SampleOption("sampler", str, "ddpm | ddim (diffusion); euler | heun | adaptive (flow matching)"),
@@ -127,8 +127,8 @@ class DenoiserFamily(FamilyBase):
     def predict(self, x: Tensor, t: Tensor, y: Tensor | None, guidance: float) -> Tensor:
         """The net's output at (x, t), guided: (1 + w) f(x, y) - w f(x) when w > 0 and there are labels."""
         if y is None or guidance <= 0:
-            return self.net(x, t, y).float()
-        both = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, self.classes)]))
+            return chunked(self.net, x, t, y).float()
+        both = chunked(self.net, torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, self.classes)]))
         cond, uncond = both.float().chunk(2)
         return (1 + guidance) * cond - guidance * uncond
 

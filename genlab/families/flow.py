@@ -36,7 +36,7 @@ from ..nets.flows import Preprocess
 from ..parallel import prepare_module, shared_rand
 from ..registry import register, require
 from ..schedules import warmup
-from .base import FamilyBase, SampleOption, Update, bits_per_dim, eval_mode, in_batches, randn
+from .base import FamilyBase, SampleOption, Update, bits_per_dim, chunked, eval_mode, in_batches, randn
 
 NLL_NOISE_SEED = 0  # log_likelihood draws its dequantisation noise from this seed: repeatable evals
 
@@ -120,7 +120,7 @@ class FlowFamily(FamilyBase):
         gen = torch.Generator().manual_seed(NLL_NOISE_SEED)
         noise = torch.rand(x_uint8.shape, generator=gen)
         with eval_mode(self.model):
-            return -self.nll(x_uint8.to(self.device), noise.to(self.device))
+            return -chunked(self.nll, x_uint8.to(self.device), noise.to(self.device))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float | None = None) -> Tensor:
@@ -131,7 +131,7 @@ class FlowFamily(FamilyBase):
 
         def draw(k: int) -> Tensor:
             z = randn((k, self.dims), generator, self.device) * t
-            y = self.pre.inverse(self.model.inverse(z))
+            y = chunked(lambda rows: self.pre.inverse(self.model.inverse(rows)), z)
             y = torch.nan_to_num(y, nan=0.0, posinf=1.0, neginf=0.0)
             return torch.floor(y * levels).clamp(0, levels - 1) / (levels - 1)
 

@@ -9,8 +9,8 @@ with beta_t ramped linearly from 0 to `beta` over `kl_warmup` steps. The logged 
 is -ELBO at beta = 1 (a true upper bound on -log p(x) whatever beta_t is), also as bits/dim.
 
 `log_likelihood(x)` is the IWAE estimate log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), with
-k = `vae.iw_samples` (5,000 as in Burda et al. for reported figures), decoded `iw_batch` images at
-a time so k = 5,000 fits in memory. It is a lower bound on log p(x) that tightens as k grows, so
+k = `vae.iw_samples` (5,000 as in Burda et al. for reported figures), drawn `iw_batch` latents at a
+time so k = 5,000 fits in memory (and decoded in inference chunks, genlab.speed). It is a lower bound on log p(x) that tightens as k grows, so
 the reported NLL is an (upper-biased) estimate. Caveat: with k = 5,000 a 28x28 conv decoder costs
 5,000 forward passes per test image -- about 1-2 s per image on one CPU thread.
 
@@ -33,7 +33,7 @@ from ..nets.vae import OBSERVATION_MODELS, VAEDecoder, VAEEncoder
 from ..parallel import prepare_module, shared_randn
 from ..registry import register
 from ..schedules import warmup
-from .base import FamilyBase, Update, bits_per_dim, eval_mode, in_batches, randn
+from .base import FamilyBase, Update, bits_per_dim, chunked, eval_mode, in_batches, randn
 
 
 @dataclass
@@ -45,7 +45,7 @@ class VAEOptions:
     beta: float = option(1.0, ge=0)  # weight of the KL term (beta-VAE); the logged bound always uses 1
     kl_warmup: int = option(0, ge=0, zero="no warm-up")  # steps over which beta ramps linearly from 0
     iw_samples: int = option(5000, ge=1)  # k of the importance-weighted log-likelihood estimate
-    iw_batch: int = option(2000, ge=1)  # images decoded per forward pass while estimating it
+    iw_batch: int = option(2000, ge=1)  # latents drawn per step of that estimate
     sample_pixels: bool = False  # sample(): draw the pixels instead of returning the decoder mean
     grad_clip: float = option(0.0, ge=0, zero="no clipping")
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, betas=(0.9, 0.999)))
@@ -152,7 +152,7 @@ class VAEFamily(FamilyBase):
             c = min(chunk, k - j)
             eps = randn((b, c, mean.shape[1]), generator, self.device)
             z = mean[:, None] + torch.exp(0.5 * logvar)[:, None] * eps  # (b, c, L)
-            out = self.decoder(z.reshape(b * c, -1))
+            out = chunked(self.decoder, z.reshape(b * c, -1))
             tgt = target[:, None].expand(b, c, *target.shape[1:]).reshape(b * c, *target.shape[1:])
             log_px_z = self.obs.log_prob(out, tgt).view(b, c)
             log_w.append(log_px_z + log_normal(z) - log_normal(z, mean[:, None], logvar[:, None]))
