@@ -60,8 +60,8 @@ DIAG_WEIRD = dict(DIAG, class_coverage=dict(DIAG["class_coverage"], classes_cove
                   ndb=dict(DIAG["ndb"], ndb=9, jsd=0.02), plots=[])
 
 
-def _train(root, name, seed=0):
-    sets = [f"seed={seed}", "gan.g_width=4", "gan.d_width=4", "gan.latent_dim=8", "train.batch_size=8", "train.steps=4",
+def _train(root, name, seed=0, extra=()):
+    sets = [*extra, f"seed={seed}", "gan.g_width=4", "gan.d_width=4", "gan.latent_dim=8", "train.batch_size=8", "train.steps=4",
             "train.log_every=1", "train.sample_every=2", "train.checkpoint_every=2", "train.grid_size=4",
             f"out={root}", f"name={name}"]
     cfg = C.resolve("gan", sets=sets)
@@ -86,7 +86,7 @@ def make_runs(root):
     torch.set_num_threads(1)
     runs = root / "runs"
     _train(runs, "gan-a")
-    _train(runs, WEIRD, seed=1)
+    _train(runs, WEIRD, seed=1, extra=["train.amp=off"])  # float32 whatever the family's default
     (runs / "gan-a" / "eval.json").write_text(json.dumps(EVAL_A))
     (runs / "gan-a" / "diagnostics.json").write_text(json.dumps(DIAG))
     _png(runs / "gan-a" / "diagnostics_classes.png")
@@ -228,6 +228,11 @@ def test_csv_and_json_equal_eval_json(runs):
         assert by_name[WEIRD]["values"][k] == EVAL_WEIRD[k]
     assert by_name["gan-a"]["values"]["kid_std"] == 0.0021
     assert by_name["gan-a"]["values"]["n_real"] == 1000 and by_name["gan-a"]["values"]["extractor"] == "genlab-mnist"
+    # what each run trained in, from its config.yaml's resolved: section (bf16 where the CPU has it)
+    for name in ("gan-a", WEIRD):
+        resolved = C.read_yaml(runs / name / "config.yaml")["resolved"]["precision"]
+        assert rows[name]["trained_in"] == by_name[name]["values"]["trained_in"] == resolved
+    assert rows[WEIRD]["trained_in"] == "float32"
 
 
 def test_markdown_table(runs):

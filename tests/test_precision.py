@@ -41,8 +41,8 @@ def test_auto_takes_the_family_default_per_data_kind(monkeypatch):
     monkeypatch.setattr(speed, "cpu_has_bf16", lambda: True)
     cfg = C.resolve("gan")
     build_family(cfg, IMAGE, torch.device("cpu"))
-    assert (cfg.train.amp, cfg.train.channels_last) == ("off", "on")  # bf16 cost the GAN quality
-    assert cfg.resolved["precision"] == "float32" and cfg.resolved["channels_last"] is True
+    assert (cfg.train.amp, cfg.train.channels_last) == ("bf16", "on")
+    assert cfg.resolved["precision"] == "bf16 autocast" and cfg.resolved["channels_last"] is True
     ar = C.resolve("gated-pixelcnn")
     build_family(ar, DataInfo("mnist", "image", (1, 28, 28), 10, binarized=True), torch.device("cpu"))
     assert (ar.train.amp, ar.train.channels_last) == ("bf16", "off")

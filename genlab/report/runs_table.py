@@ -279,7 +279,9 @@ def read_run(run_dir: Path, warnings: list[str] | None = None) -> Run:
         "run": run_dir.name, "model": config.get("model") or None, "family": config.get("family") or None,
         "dataset": _dataset_label(data), "steps": step,
         "planned_steps": train.get("steps") if isinstance(train, dict) else None,
-        "wall_time_s": float(wall) if _is_number(wall) else None}
+        "wall_time_s": float(wall) if _is_number(wall) else None,
+        # what it trained in (config.yaml's resolved:): bf16 and float32 runs of one model differ a little
+        "trained_in": (config.get("resolved") or {}).get("precision") if isinstance(config.get("resolved"), dict) else None}
     metrics, info = read_eval(run_dir, warnings)
     values.update({"extractor": info.get("extractor"), "fingerprint": info.get("fingerprint"),
                    "ref": _ref_label(info), "n_fake": info.get("n_fake"), "n_real": info.get("n_real"),
@@ -334,7 +336,8 @@ def latest_sample(run_dir: Path) -> tuple[Path | None, int | None]:
 # What a run is, then (after the metrics) how it was evaluated: extractor and n lead, details trail.
 LEAD_COLUMNS = [Column("run", "run", "text"), Column("model", "model", "text"), Column("family", "family", "text"),
                 Column("dataset", "dataset", "text"), Column("steps", "steps", "int"),
-                Column("wall_time_s", "wall time", "duration"), Column("extractor", "extractor", "text"),
+                Column("wall_time_s", "wall time", "duration"), Column("trained_in", "trained in", "text"),
+                Column("extractor", "extractor", "text"),
                 Column("n_fake", "n fake", "int"), Column("n_real", "n real", "int")]
 TRAIL_COLUMNS = [Column("ref", "ref", "text"), Column("fingerprint", "fingerprint", "text"),
                  Column("eval_checkpoint", "eval ckpt", "text"), Column("eval_step", "eval step", "int")]
