@@ -61,8 +61,8 @@ DIAG_WEIRD = dict(DIAG, class_coverage=dict(DIAG["class_coverage"], classes_cove
 
 
 def _train(root, name, seed=0, extra=()):
-    sets = [*extra, f"seed={seed}", "gan.g_width=4", "gan.d_width=4", "gan.latent_dim=8", "train.batch_size=8", "train.steps=4",
-            "train.log_every=1", "train.sample_every=2", "train.checkpoint_every=2", "train.grid_size=4",
+    sets = [*extra, f"seed={seed}", "gan.g_width=4", "gan.d_width=4", "gan.latent_dim=8", "train.batch_size=8",
+            "train.steps=4", "train.log_every=1", "train.sample_every=2", "train.checkpoint_every=2", "train.grid_size=4",
             f"out={root}", f"name={name}"]
     cfg = C.resolve("gan", sets=sets)
     Trainer(cfg, root / name, show_progress=False).run()

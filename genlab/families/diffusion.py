@@ -128,7 +128,8 @@ class DenoiserFamily(FamilyBase):
         """The net's output at (x, t), guided: (1 + w) f(x, y) - w f(x) when w > 0 and there are labels."""
         if y is None or guidance <= 0:
             return chunked(self.net, x, t, y).float()
-        both = chunked(self.net, torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, self.classes)]))
+        labels = torch.cat([y, torch.full_like(y, self.classes)])
+        both = chunked(self.net, torch.cat([x, x]), torch.cat([t, t]), labels)
         cond, uncond = both.float().chunk(2)
         return (1 + guidance) * cond - guidance * uncond
 

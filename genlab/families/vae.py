@@ -10,9 +10,10 @@ is -ELBO at beta = 1 (a true upper bound on -log p(x) whatever beta_t is), also 
 
 `log_likelihood(x)` is the IWAE estimate log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), with
 k = `vae.iw_samples` (5,000 as in Burda et al. for reported figures), drawn `iw_batch` latents at a
-time so k = 5,000 fits in memory (and decoded in inference chunks, genlab.speed). It is a lower bound on log p(x) that tightens as k grows, so
-the reported NLL is an (upper-biased) estimate. Caveat: with k = 5,000 a 28x28 conv decoder costs
-5,000 forward passes per test image -- about 1-2 s per image on one CPU thread.
+time so k = 5,000 fits in memory (decoded in inference chunks, genlab.speed). It is a lower bound on
+log p(x) that tightens as k grows, so the reported NLL is an (upper-biased) estimate. Caveat: with
+k = 5,000 a 28x28 conv decoder costs 5,000 forward passes per test image -- about 1-2 s per image on
+one CPU thread.
 
 `sample` decodes z ~ N(0, I) to the decoder mean (Bernoulli probabilities / logistic means), the
 usual picture; `vae.sample_pixels: true` draws the pixels too (a true sample of p(x)).

@@ -274,14 +274,14 @@ def read_run(run_dir: Path, warnings: list[str] | None = None) -> Run:
     logged = [r["step"] for r in history if _is_number(r.get("step"))]
     if logged and (step is None or max(logged) > step):
         step = max(logged)
-    data, train = config.get("data") or {}, config.get("train") or {}
+    data, train, resolved = config.get("data") or {}, config.get("train") or {}, config.get("resolved")
     values: dict[str, Any] = {
         "run": run_dir.name, "model": config.get("model") or None, "family": config.get("family") or None,
         "dataset": _dataset_label(data), "steps": step,
         "planned_steps": train.get("steps") if isinstance(train, dict) else None,
         "wall_time_s": float(wall) if _is_number(wall) else None,
         # what it trained in (config.yaml's resolved:): bf16 and float32 runs of one model differ a little
-        "trained_in": (config.get("resolved") or {}).get("precision") if isinstance(config.get("resolved"), dict) else None}
+        "trained_in": resolved.get("precision") if isinstance(resolved, dict) else None}
     metrics, info = read_eval(run_dir, warnings)
     values.update({"extractor": info.get("extractor"), "fingerprint": info.get("fingerprint"),
                    "ref": _ref_label(info), "n_fake": info.get("n_fake"), "n_real": info.get("n_real"),
