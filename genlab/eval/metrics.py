@@ -24,8 +24,11 @@ import warnings
 import numpy as np
 import torch
 
-# Upper bound on elements of one block of pairwise distances / kernel values (~128 MB in float64).
-_BLOCK_ELEMS = 1 << 24
+# Upper bound on elements of one block of pairwise distances / kernel values (16 MB in float32).
+# Measured on 2 cores (10,000 x 10,000 features of 128): 4M-element blocks made precision / recall /
+# density / coverage 1.3x and the real k-NN radii 1.8x faster than 16M (the blocks are read several
+# times and stay in the last-level cache); 1M and smaller were slower again (small matmuls).
+_BLOCK_ELEMS = 1 << 22
 
 DEFAULT_METRICS = ("fid", "kid", "is", "pr", "dc")  # what --metrics auto computes
 ALL_METRICS = DEFAULT_METRICS + ("fid_inf", "cmmd")
