@@ -95,7 +95,8 @@ class DenoiserFamily(FamilyBase):
     # faster and keep FID (ddpm, two seeds each: 47.7 / 50.3 fp32 vs 47.9 / 50.4 bf16), but every bf16 run
     # scored worse likelihoods (ddpm bound 2.83 / 2.79 vs 2.89 / 2.81 bits/dim; flow-matching ODE
     # 2.830 vs 2.878 on the same 500 test images, ±0.016), and bits/dim is these families' reported
-    # figure. channels_last is slower with the UNet's GroupNorm + SiLU.
+    # figure. channels_last: no reliable gain with the UNet's GroupNorm + SiLU (it slowed A's bf16 step,
+    # 1.27x vs 1.54x, and gives 1.01-1.07x in float32 on an AVX2-only CPU).
     speed: dict = {}
 
     def _setup(self, cfg, info, device, what: str) -> None:
