@@ -2,6 +2,7 @@
 pass versus separate torchmetrics metric objects (each re-extracting features), in the same process.
 
     python bench/bench_eval.py [RUN_DIR] [--n 10000] [--threads 0] [--repeats 3] [--families all|none|gan,...]
+                               [--precision auto|float32|bf16]
 
 Part 1 (--families): for each default model, an untrained family of its shipped config (the timing
 does not depend on what the weights learned; vqvae-prior on an untrained VQ-VAE, cyclegan on
@@ -11,7 +12,9 @@ default --n-test; printed: total seconds and the record's own breakdown.
 Part 2:
 
 Without RUN_DIR an untrained GAN (`genlab.config.resolve("gan")`) provides the samples: the timing
-does not depend on sample quality. Both sides use the genlab-mnist extractor and the same images:
+does not depend on sample quality. Both sides use the genlab-mnist extractor and the same images,
+drawn in the sampling precision `genlab eval --precision` would use (auto: bf16 for the GAN where the
+CPU has native bf16):
 
 - genlab: sample in batches -> features_and_probs (one forward) -> compute_all(fid, kid, is, pr, dc).
   Timed twice: with the real reference features and their k-NN radii computed in the timed region
@@ -42,7 +45,10 @@ def family_table(models: str, n: int) -> None:
     from genlab.data import load_dataset
     from genlab.eval.evaluate import evaluate
     from genlab.families.base import build_family
+    from genlab import speed
+    from genlab.speed import sampling_amp
     from genlab.registry import available
+    from genlab.speed import sampling_amp
 
     names = available("model") if models == "all" else models.split(",")
     special = {"vqvae-prior": ["prior.vqvae=untrained"]}
@@ -55,8 +61,9 @@ def family_table(models: str, n: int) -> None:
         family = build_family(cfg, info, torch.device("cpu"))
         if "translate" in family.capabilities:  # translation samples come from its bank of A images
             family.train_step(next(iter([_pair_batch(cfg)])), 1)
+        amp, label = sampling_amp(type(family), info.kind, family.device)
         run = SimpleNamespace(family=family, info=info, cfg=cfg, step=0, checkpoint="untrained",
-                              sampling=contextlib.nullcontext, run_dir=None)
+                              sampling=contextlib.nullcontext, run_dir=None, sample_amp=amp, sample_precision=label)
         t = time.perf_counter()
         record = evaluate(run, n=n, log=lambda m: None)
         total = time.perf_counter() - t
@@ -86,7 +93,7 @@ class FeatureModule(nn.Module):
         return f if self.output == "features" else p.clamp_min(1e-30).log()  # IS applies softmax again
 
 
-def genlab_pass(family, sampling, info, data_cfg, ext, n, bs, seed, use_cache: bool) -> tuple[dict, dict]:
+def genlab_pass(draw, sampling, info, data_cfg, ext, n, bs, seed, use_cache: bool) -> tuple[dict, dict]:
     """What `genlab eval` does, timed by part: (seconds per part, metric values)."""
     from genlab.eval.evaluate import sample_features
     from genlab.eval.metrics import compute_all
@@ -97,14 +104,14 @@ def genlab_pass(family, sampling, info, data_cfg, ext, n, bs, seed, use_cache: b
     radii = ref.knn_radii([3, 5])  # as `genlab eval` does: kept in the cache file, computed once
     t1 = time.perf_counter()
     with sampling():
-        fake, probs = sample_features(family.sample, n, ext, bs, seed, info.shape)
+        fake, probs = sample_features(draw, n, ext, bs, seed, info.shape)
     t2 = time.perf_counter()
     out = compute_all(ref.features, fake, probs, seed=seed, real_radii=radii)
     t3 = time.perf_counter()
     return {"reference": t1 - t0, "sample+features": t2 - t1, "metrics": t3 - t2}, out
 
 
-def separate_objects(family, sampling, real_images, ext, n, bs, seed) -> tuple[dict, dict]:
+def separate_objects(draw, sampling, real_images, ext, n, bs, seed) -> tuple[dict, dict]:
     """The same metrics from separate torchmetrics objects (see the module docstring)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.inception import InceptionScore
@@ -116,7 +123,7 @@ def separate_objects(family, sampling, real_images, ext, n, bs, seed) -> tuple[d
     t = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     with sampling():
-        fake_images = torch.cat([family.sample(min(bs, n - i), gen) for i in range(0, n, bs)])
+        fake_images = torch.cat([draw(min(bs, n - i), gen) for i in range(0, n, bs)])
     real = real_images.float() / 255
     times[f"sampling {n} images once"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -156,6 +163,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="0: torch's default (all cores)")
     ap.add_argument("--repeats", type=int, default=3, help="part 2 is run this many times; medians printed")
     ap.add_argument("--families", default="all", help="models for part 1 (all, none, or a list)")
+    ap.add_argument("--precision", default="auto", help="part 2's sampling precision (as genlab eval --precision)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,28 +176,35 @@ def main() -> None:
     from genlab.eval.features import get_extractor
     from genlab.eval.reference import get_reference, load_real
     from genlab.families.base import build_family
+    from genlab import speed
+    from genlab.speed import sampling_amp
 
     if args.run_dir:
         from genlab.runs import load_run
 
-        run = load_run(args.run_dir, "last", "cpu")
+        run = load_run(args.run_dir, "last", "cpu", args.precision)
         family, info, data_cfg, sampling, label = run.family, run.info, run.cfg.data, run.sampling, args.run_dir
+        amp, precision = run.sample_amp, run.sample_precision
     else:
         cfg = C.resolve("gan")
         info = DataInfo("mnist", "image", (1, 28, 28), 10)
         family, data_cfg, label = build_family(cfg, info, torch.device("cpu")), cfg.data, "untrained gan"
+        amp, precision = sampling_amp(type(family), info.kind, family.device, args.precision)
         from contextlib import nullcontext as sampling
+
+    def draw(k, generator):
+        return speed.draw(family, amp, k, generator)
     n, bs, seed = args.n, args.batch_size, 0
     ext = get_extractor("genlab-mnist")
     real_images = load_real(data_cfg, "test", n)[0]
     print(f"samples: {label}; n = {n} fake vs {len(real_images)} real (mnist test); extractor {ext.name} "
-          f"{ext.fingerprint}; threads {torch.get_num_threads()}; medians of {args.repeats} repeats")
+          f"{ext.fingerprint}; sampling in {precision} (both sides); threads {torch.get_num_threads()}; medians of {args.repeats} repeats")
     get_reference(data_cfg, "test", n, ext, batch_size=bs, log=lambda m: None).knn_radii([3, 5])  # warm the cache
     runs = {"nocache": [], "cache": [], "separate": []}
     for _ in range(args.repeats):
-        runs["nocache"].append(genlab_pass(family, sampling, info, data_cfg, ext, n, bs, seed, False))
-        runs["cache"].append(genlab_pass(family, sampling, info, data_cfg, ext, n, bs, seed, True))
-        runs["separate"].append(separate_objects(family, sampling, real_images, ext, n, bs, seed))
+        runs["nocache"].append(genlab_pass(draw, sampling, info, data_cfg, ext, n, bs, seed, False))
+        runs["cache"].append(genlab_pass(draw, sampling, info, data_cfg, ext, n, bs, seed, True))
+        runs["separate"].append(separate_objects(draw, sampling, real_images, ext, n, bs, seed))
     total = {k: median(sum(t.values()) for t, _ in v) for k, v in runs.items()}
     ratios = {k: median(sum(s.values()) / sum(g.values()) for (s, _), (g, _) in zip(runs["separate"], runs[k]))
               for k in ("nocache", "cache")}

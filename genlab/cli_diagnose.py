@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .cli_common import single_process, user_errors
+from .cli_common import precision_option, single_process, user_errors
 
 
 def diagnose(
@@ -16,13 +16,14 @@ def diagnose(
     checkpoint: str = typer.Option("last", help="last | best | step-N."),
     seed: int = typer.Option(0, min=0, help="Sampling seed (also seeds the NDB K-means)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    precision: str = precision_option(),
     out: Optional[Path] = typer.Option(None, help="Directory for diagnostics.json and the PNGs (default: RUN_DIR)."),
 ):
     """Measure mode collapse: modes / classes covered, NDB, memorisation (whatever fits the run's data)."""
     from .eval.diagnose import OUT_FILE, diagnose as run_diagnostics, format_table
     from .runs import load_run
 
-    run = load_run(run_dir, checkpoint, device)
+    run = load_run(run_dir, checkpoint, device, precision)
     record = run_diagnostics(run, n, seed, out, log=lambda msg: typer.echo(msg, err=True))
     where = out or run_dir
     ext = f", features {record['extractor']} ({record['extractor_fingerprint']})" if record["extractor"] else ""

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .cli_common import single_process, user_errors, with_sample_options
+from .cli_common import precision_option, single_process, user_errors, with_sample_options
 from .errors import GenlabError
 
 
@@ -35,6 +35,7 @@ def eval_(
     seed: int = typer.Option(0, min=0, help="Sampling seed (also seeds KID subsets and the bootstrap)."),
     bootstrap: int = typer.Option(0, min=0, help="B > 0 adds a 95% bootstrap interval for FID from B resamples."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    precision: str = precision_option(),
     real_vs_real: Optional[str] = typer.Option(None, "--real-vs-real", help="DATASET: report the floor instead (a train subset vs the test split at equal n)."),
     data_root: Optional[Path] = typer.Option(None, help="With --real-vs-real / --fake: where torchvision datasets live."),
     save: bool = typer.Option(True, help="Append the record to RUN_DIR/eval.json and log it to RUN_DIR/tb."),
@@ -52,6 +53,8 @@ def eval_(
         raise GenlabError("give one of RUN_DIR, --fake PATH or --real-vs-real DATASET")
     if save_run is not None and fake is None:
         raise GenlabError("--run-dir keeps the record of --fake samples; a run's records go to RUN_DIR/eval.json")
+    if precision != "auto" and run_dir is None:
+        raise GenlabError("--precision is what sampling a run computes in; --fake and --real-vs-real sample nothing")
     if fake is not None:
         if sample_options:
             raise GenlabError(f"sampling options ({', '.join(sample_options)}) do not apply to --fake samples")
@@ -67,7 +70,7 @@ def eval_(
         from .runs import load_run
         from .sampling import check_options
 
-        run = load_run(run_dir, checkpoint, device)
+        run = load_run(run_dir, checkpoint, device, precision)
         options = check_options(run, sample_options or {})
         record = evaluate(run, n, metrics, features, ref, batch_size, seed, bootstrap, log=_err, n_test=n_test,
                           sample_options=options)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .cli_common import single_process, user_errors, with_sample_options
+from .cli_common import precision_option, single_process, user_errors, with_sample_options
 from .errors import GenlabError
 
 FORMATS = ("png", "npz", "folder")
@@ -29,6 +29,7 @@ def sample(
     steps: int = typer.Option(10, min=2, help="With --interpolate: images per row."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing npz / folder at --out."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    precision: str = precision_option(),
     sample_options: Optional[dict] = None,
 ):
     """Write samples of a trained run: a PNG grid, or every sample to an .npz / a folder of PNGs
@@ -45,7 +46,7 @@ def sample(
     if (interpolate or reconstruct) and (options or fmt != "png"):
         what = f"sampling options ({', '.join(options)})" if options else f"--format {fmt}"
         raise GenlabError(f"{what} do not apply to {'--interpolate' if interpolate else '--reconstruct'}")
-    run = load_run(run_dir, checkpoint, device)
+    run = load_run(run_dir, checkpoint, device, precision)
     suffix = "".join(f"-{k[0]}{v:g}" if isinstance(v, float) else f"-{v}" for k, v in options.items())
     stem = f"{checkpoint}-seed{seed}{suffix}"
     if fmt != "png":

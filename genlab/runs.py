@@ -14,6 +14,7 @@ from .ema import EMA
 from .errors import RunError
 from .families.base import build_family
 from .parallel import setup
+from .speed import sampling_amp
 
 
 @dataclass
@@ -25,6 +26,9 @@ class LoadedRun:
     step: int
     checkpoint: str
     ema: EMA | None
+    # what family.sample computes in here (speed.sampling_amp): autocast amp and the record's label
+    sample_amp: str = "off"
+    sample_precision: str = "float32"
 
     def sampling(self):
         """Context in which family.sample uses the EMA weights (when the run kept an EMA)."""
@@ -42,9 +46,11 @@ def _is_imported(run_dir: Path) -> bool:
     return isinstance(config, dict) and config.get("family") == "imported"
 
 
-def load_run(run_dir: str | Path, which: str = "last", device: str | torch.device = "auto") -> LoadedRun:
+def load_run(run_dir: str | Path, which: str = "last", device: str | torch.device = "auto",
+             precision: str = "auto") -> LoadedRun:
     """A run's family from its checkpoint, on `device` (a --device string: under torchrun each rank's
-    own, see genlab.parallel; or a torch.device used as is)."""
+    own, see genlab.parallel; or a torch.device used as is), sampling in `precision` (--precision:
+    auto | float32 | bf16, see speed.sampling_amp)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise RunError(f"{run_dir} is not a genlab run directory (no config.yaml)")
@@ -58,11 +64,12 @@ def load_run(run_dir: str | Path, which: str = "last", device: str | torch.devic
     info = DataInfo(**ckpt["data_info"])
     family = build_family(cfg, info, dev)
     family.load_state_dict(ckpt["family_state"])
+    amp, label = sampling_amp(type(family), info.kind, dev, precision)
     ema = None
     if ckpt.get("ema") is not None:
         ema = EMA(family.ema_modules, ckpt["ema"]["decay"])
         ema.load_state_dict(ckpt["ema"], dev)
-    return LoadedRun(run_dir, cfg, family, info, ckpt["step"], which, ema)
+    return LoadedRun(run_dir, cfg, family, info, ckpt["step"], which, ema, amp, label)
 
 
 def seeded(seed: int) -> torch.Generator:

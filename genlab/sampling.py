@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .errors import GenlabError
 from .runs import seeded
+from .speed import autocast, draw
 
 
 def check_options(run, options: dict) -> dict:
@@ -39,7 +40,7 @@ def samples(run, n: int, seed: int = 0, options: dict | None = None) -> Tensor:
     """n samples (images in [0, 1] or 2-D points) with the family's declared sampling options."""
     options = check_options(run, options or {})
     with run.sampling():
-        return run.family.sample(n, seeded(seed), **options)
+        return draw(run.family, run.sample_amp, n, seeded(seed), **options)
 
 
 def interpolations(run, n: int, steps: int, seed: int = 0) -> tuple[Tensor, int]:
@@ -47,8 +48,8 @@ def interpolations(run, n: int, steps: int, seed: int = 0) -> tuple[Tensor, int]
     _require(run, "interpolate", "--interpolate")
     if steps < 2:
         raise GenlabError(f"--steps must be at least 2, got {steps}")
-    with run.sampling():
-        return run.family.interpolate(max(1, n // steps), steps, seeded(seed)), steps
+    with run.sampling(), autocast(torch.device(run.family.device), run.sample_amp):
+        return run.family.interpolate(max(1, n // steps), steps, seeded(seed)).float(), steps
 
 
 def reconstructions(run, n: int, seed: int = 0) -> tuple[Tensor, int]:
@@ -64,9 +65,10 @@ def reconstructions(run, n: int, seed: int = 0) -> tuple[Tensor, int]:
 
 
 def sample_batches(run, n: int, seed: int = 0, batch_size: int = 500, options: dict | None = None):
-    """n samples in batches, batch i drawn with its own seed `batch_seed(seed, i)` in float32 with the
-    evaluated weights -- exactly the samples `genlab eval RUN -n n --seed seed --batch-size batch_size`
-    scores, so an exported file re-imported with `eval --fake` gives the same figures."""
+    """n samples in batches, batch i drawn with its own seed `batch_seed(seed, i)` with the evaluated
+    weights in the run's sampling precision -- exactly the samples `genlab eval RUN -n n --seed seed
+    --batch-size batch_size --precision P` scores, so an exported file re-imported with `eval --fake`
+    gives the same figures."""
     from .eval.passes import batch_seed, progress
 
     options = check_options(run, options or {})
@@ -74,7 +76,7 @@ def sample_batches(run, n: int, seed: int = 0, batch_size: int = 500, options: d
         for start in progress(range(0, n, batch_size), n, batch_size, "sampling"):
             generator = torch.Generator().manual_seed(batch_seed(seed, start // batch_size))
             with torch.inference_mode():
-                yield run.family.sample(min(batch_size, n - start), generator, **options).cpu()
+                yield draw(run.family, run.sample_amp, min(batch_size, n - start), generator, **options).cpu()
 
 
 def export(run, n: int, path, fmt: str, seed: int = 0, batch_size: int = 500, options: dict | None = None,
@@ -97,7 +99,7 @@ def export(run, n: int, path, fmt: str, seed: int = 0, batch_size: int = 500, op
     item = (shape[1], shape[2], shape[0]) if image else shape
     meta = {"model": run.cfg.model, "run": str(run.run_dir), "checkpoint": run.checkpoint, "step": run.step,
             "dataset": run.cfg.data.name, "n": n, "seed": seed, "batch_size": batch_size,
-            "sample_options": dict(options or {}), "genlab_version": __version__}
+            "precision": run.sample_precision, "sample_options": dict(options or {}), "genlab_version": __version__}
     writer = (FolderWriter(path, n, item, meta) if fmt == "folder" else
               NpzWriter(path, n, item, "uint8" if image else "float32", meta))
     try:

@@ -8,12 +8,21 @@ runs where the hardware has it natively: CUDA, or a CPU with AVX512-BF16 / AMX; 
 falls back to float32 and says so. What was used lands in `cfg.resolved` (config.yaml's `resolved:`
 section) and in every evaluation record.
 
+Sampling has its own precision (`genlab sample / eval --precision auto | float32 | bf16`, and the
+samples of periodic evaluation and grids during training): `auto` takes the family's declared
+`speed[kind]["sample"]` where bf16 is native, else float32. The GAN family declares bf16 (generator
+forwards ~4x faster on an AMX CPU; sampling one checkpoint in bf16 moves its FID by less than the
+sampling seed does, README "Performance"); every other family samples in float32. Feature
+extraction and likelihood passes always run in float32, so reference features and NLL / bits/dim
+never depend on the machine.
+
 Inference forwards (sampling, feature extraction, likelihood passes) run in chunks of
 `inference_chunk(device)` rows: the passes hand out batches of 500 (their seeding unit), but on the
 CPU a net's activations for 500 images fall out of the cache (README "Performance").
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -67,6 +76,38 @@ def native(amp: str, device: torch.device) -> bool:
     return amp == "bf16" and cpu_has_bf16()  # fp16 on CPU runs, but emulated (slow): allowed when asked
 
 
+def autocast(device: torch.device, amp: str):
+    """The mixed-precision context of amp "off" | "bf16" | "fp16" (train.amp, resolved)."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+SAMPLE_PRECISIONS = ("auto", "float32", "bf16")
+
+
+def sampling_amp(family_cls, kind: str, device, asked: str = "auto") -> tuple[str, str]:
+    """(amp, label) a family of `family_cls` on `device` samples `kind` data with for --precision `asked`:
+    amp "off" | "bf16" for `autocast`, label the record's words ("float32", "bf16 autocast", or float32
+    and why)."""
+    if asked not in SAMPLE_PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(SAMPLE_PRECISIONS)}, got {asked!r}")
+    if asked == "bf16" and family_cls.float32_only:
+        raise ConfigError(f"--precision bf16: this family computes in float32 ({family_cls.float32_only}); "
+                          "use --precision float32")
+    want = family_cls.speed.get(kind, {}).get("sample", "float32") if asked == "auto" else asked
+    if want == "bf16" and not native("bf16", torch.device(device)):
+        why = " (bf16 asked, but this CPU has no native bf16)" if asked == "bf16" else ""
+        return "off", "float32" + why
+    return ("bf16", "bf16 autocast") if want == "bf16" else ("off", "float32")
+
+
+def draw(family, amp: str, n: int, generator=None, **options) -> torch.Tensor:
+    """family.sample in the sampling precision `amp` (from sampling_amp); float32 out, whatever ran."""
+    with autocast(torch.device(family.device), amp):
+        return family.sample(n, generator, **options).float()
+
+
 def resolve(cfg, family_cls, info, device: torch.device) -> None:
     """Make cfg.train.amp / channels_last concrete for this family, data and device (in place), and
     record what the run computes with in cfg.resolved."""
@@ -86,6 +127,7 @@ def resolve(cfg, family_cls, info, device: torch.device) -> None:
     t.amp, t.channels_last = amp, "on" if channels_last else "off"
     precision = {"off": "float32", "bf16": "bf16 autocast", "fp16": "fp16 autocast + GradScaler"}[amp]
     cfg.resolved = {"precision": precision + note, "channels_last": channels_last,
+                    "sampling": sampling_amp(family_cls, info.kind, device)[1],
                     "device": str(device), "source": _source(asked_amp, cl)}
 
 

@@ -41,6 +41,7 @@ from .logger import RunLogger
 from .parallel.modules import to_channels_last
 from .report.hparams import log_hparams
 from .report.plots import samples_to_tensorboard, save_samples
+from .speed import autocast, draw, sampling_amp
 
 GRID_SEED_OFFSET = 1_000_003  # fixed noise for grids, independent of the training RNG
 
@@ -118,13 +119,6 @@ def kept_checkpoint(ckpt_dir: Path) -> str:
     return f"the last good checkpoint {last} is intact" if last.exists() else "no checkpoint was written yet"
 
 
-def autocast(device: torch.device, amp: str):
-    """The training step's mixed-precision context (train.amp)."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 class Trainer:
     """One training run. It owns its run directory for its lifetime (rundir.RunLock, taken here and
     released when `run` ends): a new run refuses a directory that holds files unless `overwrite`."""
@@ -171,6 +165,8 @@ class Trainer:
         if self.info is None:  # streaming: the sampler knows the shape without decoding everything
             self.info = make_sampler(cfg.data, None, 1, cfg.seed).info
         self.family = build_family(cfg, self.info, self.device)
+        # grids and periodic evaluation sample as `genlab sample / eval` do by default
+        self.sample_amp, self.sample_precision = sampling_amp(type(self.family), self.info.kind, self.device)
         per_step = self.family.batches_per_step
         shard = Shard(self.world.rank, self.world.size, per_step)
         self.sampler = make_sampler(cfg.data, self.data, cfg.train.batch_size * per_step, cfg.seed, self.device,
@@ -306,7 +302,8 @@ class Trainer:
     def write_grid(self, step: int) -> Path:
         gen = torch.Generator().manual_seed(self.cfg.seed + GRID_SEED_OFFSET)
         with self.sampling_context():
-            samples = self.family.sample(self.cfg.train.grid_size if self.info.kind == "image" else 2500, gen)
+            samples = draw(self.family, self.sample_amp, self.cfg.train.grid_size if self.info.kind == "image" else 2500,
+                           gen)
         path = save_samples(samples, self.info, self.run_dir / "samples" / f"step-{step}.png", title=f"step {step}")
         samples_to_tensorboard(self.logger, samples, self.info, step)
         return path

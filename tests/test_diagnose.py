@@ -56,6 +56,7 @@ class _FakeRun:
         self.info = DataInfo("ring8", "points", (2,), 8, modes=mixture_centres("ring8"), mode_std=0.01)
         self.family = SimpleNamespace(sample=self.sample, device="cpu", capabilities=frozenset({"sample"}))
         self.collapsed = collapsed
+        self.sample_amp, self.sample_precision = "off", "float32"  # what the run samples in (speed.sampling_amp)
 
     def sample(self, n, generator=None):
         x, _ = sample_mixture("ring8", n, generator)
@@ -89,7 +90,8 @@ class _FakeTrainer:
         self.info, self.device, self.run_dir, self.data = self.run.info, torch.device("cpu"), run_dir, None
         self.cfg, self.step = self.run.cfg, 0
         self.net = torch.nn.Linear(2, 2).train()
-        self.family = SimpleNamespace(sample=self.sample, G=self.net, capabilities=frozenset({"sample"}))
+        self.family = SimpleNamespace(sample=self.sample, G=self.net, capabilities=frozenset({"sample"}), device="cpu")
+        self.sample_amp, self.sample_precision = "off", "float32"
 
     def sample(self, n, generator=None):
         self.net.eval()  # a careless family: the hook must restore the mode

@@ -1,4 +1,5 @@
 """evaluate / `genlab eval` / real-vs-real / periodic evaluation during training."""
+import functools
 import json
 import math
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from genlab import checkpoint
+from genlab import checkpoint, speed
 from genlab import config as C
 from genlab.cli import app
 from genlab.data import DataInfo
@@ -58,7 +59,8 @@ def test_cli_eval_writes_record_equal_to_compute_all(tiny_run):
     ref = get_reference(run.cfg.data, "test", N, ext)
     assert ref.status == "hit"
     with run.sampling():
-        fake, probs = sample_features(run.family.sample, N, ext, 128, 3, run.info.shape)
+        draw = functools.partial(speed.draw, run.family, run.sample_amp)  # the run's sampling precision
+        fake, probs = sample_features(draw, N, ext, 128, 3, run.info.shape)
     expected = compute_all(ref.features, fake, probs, seed=3)
     assert set(rec["metrics"]) == set(expected)
     for k, v in expected.items():

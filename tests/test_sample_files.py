@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from genlab import config as C
+from genlab import speed
 from genlab.cli import app
 from genlab.errors import GenlabError
 from genlab.runs import load_run
@@ -73,6 +74,7 @@ def test_round_trips_equal_the_runs_own_evaluation(tiny_run, exported):
             (own["extractor_fingerprint"], own["n_real"], "mnist")  # dataset from the export's genlab.json
         assert rec["kind"] == "imported-samples" and rec["fake"]["n_in_file"] == N
         assert rec["fake"]["made_by"]["step"] == own["step"] and rec["fake"]["made_by"]["seed"] == SEED
+        assert rec["fake"]["made_by"]["precision"] == own["precision"]  # both: --precision auto
     digest = hashlib.sha256((exported / "s.npz").read_bytes()).hexdigest()
     assert _metrics(["eval", "--fake", str(exported / "s.npz"), *common])["fake"]["sha256"] == digest
 
@@ -84,13 +86,14 @@ def test_npz_is_the_adm_layout_and_memory_mapped(tiny_run, exported):
         assert zf.getinfo("arr_0.npy").compress_type == zipfile.ZIP_STORED
     src = open_samples(exported / "s.npz")
     assert isinstance(src.array, np.memmap)
-    # the first batch is the eval pass's batch 0: seeded by batch_seed(SEED, 0), float32 EMA weights
+    # the first batch is the eval pass's batch 0: seeded by batch_seed(SEED, 0), EMA weights, the run's
+    # sampling precision (--precision auto)
     from genlab.eval.passes import batch_seed
     from genlab.samplefiles import to_uint8
 
     run = load_run(tiny_run, "last", "cpu")
     with run.sampling(), torch.inference_mode():
-        first = run.family.sample(BATCH, torch.Generator().manual_seed(batch_seed(SEED, 0)))
+        first = speed.draw(run.family, run.sample_amp, BATCH, torch.Generator().manual_seed(batch_seed(SEED, 0)))
     assert torch.equal(to_uint8(first).permute(0, 2, 3, 1), torch.from_numpy(np.array(arr[:BATCH])))
     names = sorted(p.name for p in (exported / "dir").iterdir())
     assert names[0] == "000000.png" and len(names) == N + 1 and "genlab.json" in names
@@ -141,6 +144,20 @@ def test_a_failed_export_leaves_nothing(tiny_run, tmp_path, monkeypatch):
                                   "--out", str(tmp_path / name)])
         assert res.exit_code == 130, res.output
         assert list(tmp_path.iterdir()) == [], fmt
+
+
+@pytest.mark.filterwarnings("ignore:KID subset_size", "ignore:.*covariance is singular")
+@pytest.mark.parametrize("native", [True, False])
+def test_sampling_precision_is_chosen_and_recorded(tiny_run, exported, monkeypatch, native):
+    monkeypatch.setattr(speed, "cpu_has_bf16", lambda: native)
+    common = ["--n", "100", "--batch-size", "50", "--metrics", "fid", "--no-save"]
+    assert _metrics(["eval", str(tiny_run), *common])["precision"] == ("bf16 autocast" if native else "float32")
+    assert _metrics(["eval", str(tiny_run), *common, "--precision", "float32"])["precision"] == "float32"
+    asked = _metrics(["eval", str(tiny_run), *common, "--precision", "bf16"])["precision"]
+    assert asked == "bf16 autocast" if native else asked.startswith("float32 (bf16 asked")
+    assert "--precision must be one of auto, float32, bf16" in _fail(["sample", str(tiny_run), "--precision", "fp16"])
+    assert "--fake and --real-vs-real sample nothing" in _fail(
+        ["eval", "--fake", str(exported / "s.npz"), "--precision", "bf16"])
 
 
 def test_bad_sample_files_are_one_line_errors(tiny_run, exported, tmp_path):

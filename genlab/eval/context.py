@@ -8,8 +8,9 @@
     ctx.test_images     real uint8 images for likelihood / reconstruction measures
     ctx.record          provenance the pieces add to the record (extractor, fingerprint, n_real, ...)
 
-A `run` needs: family (with capabilities and device), info, cfg, step, checkpoint, and `sampling()`,
-a context in which family.sample uses the weights to evaluate (the EMA when there is one).
+A `run` needs: family (with capabilities and device), info, cfg, step, checkpoint, `sampling()`, a
+context in which family.sample uses the weights to evaluate (the EMA when there is one), and
+`sample_amp` / `sample_precision`, what sampling computes in (speed.sampling_amp).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch
 
 from .. import parallel
 from ..errors import GenlabError
+from ..speed import draw
 
 
 def stderr(msg: str) -> None:
@@ -89,10 +91,10 @@ class EvalContext:
         return refs
 
     def draw(self, k: int, generator: torch.Generator) -> torch.Tensor:
-        """k samples of the evaluated weights, with the sampling options asked for (e.g. temperature).
-        Float32 whatever the run trained in (bf16 sampling moved an untrained GAN's FID by 0.03%:
-        small, but evaluation numbers should not depend on a training speed knob)."""
-        return self.family.sample(k, generator, **self.sample_options)
+        """k samples of the evaluated weights, with the sampling options asked for (e.g. temperature), in
+        the run's sampling precision (--precision; not train.amp: evaluation numbers should not depend
+        on a training speed knob). Features are extracted in float32 whatever it is."""
+        return draw(self.family, self.run.sample_amp, k, generator, **self.sample_options)
 
     @cached_property
     def fake(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -108,7 +110,7 @@ class EvalContext:
                                                keep_probs=self.want_probs)
         self.record.update(n_fake=int(feats.shape[0]), n_boot=self.n_boot)
         if self.source is None:
-            self.record["precision"] = "float32"
+            self.record["precision"] = self.run.sample_precision
         self._timed("sample_and_features", t0)
         return feats, probs
 
@@ -178,6 +180,7 @@ class TrainerView:
         self.family, self.info, self.cfg = trainer.family, trainer.info, trainer.cfg
         self.run_dir, self.step, self.checkpoint = trainer.run_dir, trainer.step, "training"
         self.sampling = trainer.sampling_context
+        self.sample_amp, self.sample_precision = trainer.sample_amp, trainer.sample_precision
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ..errors import GenlabError
+from ..speed import draw
 from . import modes as M
 from .measures import Figure, Measure, register_measure
 
@@ -52,7 +53,8 @@ class DiagnoseContext:
 
     def draw(self, n: int, generator: torch.Generator, chunk: int = 2000) -> Tensor:
         with self.run.sampling():
-            x = torch.cat([self.family.sample(min(chunk, n - i), generator).cpu() for i in range(0, n, chunk)])
+            x = torch.cat([draw(self.family, self.run.sample_amp, min(chunk, n - i), generator).cpu()
+                           for i in range(0, n, chunk)])
         if not torch.isfinite(x).all():
             raise GenlabError("generated samples contain NaN/Inf (did the model diverge?); nothing to diagnose")
         return x
