@@ -38,7 +38,8 @@ EVAL_A = [  # a list of records, newest last (append_record); the newest wins, n
     _record("2025-01-01T10:00:00+00:00", {"fid": 999.0}),
     _record("2025-01-02T10:00:00+00:00", {
         "fid": 41.123456789, "fid_ci_low": 40.5, "fid_ci_high": 41.9, "kid_mean": 0.0312, "kid_std": 0.0021,
-        "is_mean": 3.25, "is_std": 0.11, "precision": 0.61, "recall": 0.42, "density": 0.83, "coverage": 0.57}),
+        "is_mean": 3.25, "is_std": 0.11, "precision": 0.61, "recall": 0.42, "density": 0.83, "coverage": 0.57},
+        precision="bf16 autocast"),  # what it sampled in (genlab eval --precision)
 ]
 NEWEST_A = EVAL_A[1]["metrics"]
 EVAL_WEIRD = {  # flat layout, one record
@@ -233,6 +234,10 @@ def test_csv_and_json_equal_eval_json(runs):
         resolved = C.read_yaml(runs / name / "config.yaml")["resolved"]["precision"]
         assert rows[name]["trained_in"] == by_name[name]["values"]["trained_in"] == resolved
     assert rows[WEIRD]["trained_in"] == "float32"
+    # and what its newest evaluation sampled in (the record's `precision`, genlab eval --precision); a
+    # flat layout's numeric "precision" is the metric, not that
+    assert rows["gan-a"]["sampled_in"] == by_name["gan-a"]["values"]["sampled_in"] == "bf16 autocast"
+    assert by_name[WEIRD]["values"]["sampled_in"] is None and by_name[WEIRD]["values"]["precision"] == 0.55
 
 
 def test_markdown_table(runs):

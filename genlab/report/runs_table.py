@@ -188,6 +188,8 @@ def read_eval(run_dir: Path, warnings: list[str] | None = None) -> tuple[dict, d
 
     record = newest_record(read_json(run_dir / "eval.json", warnings))
     info = {name: record.get(field) for name, field in _INFO_FIELDS.items() if record.get(field) is not None}
+    if isinstance(record.get("precision"), str):  # what genlab sampled in; a number is a flat layout's metric
+        info["sampled_in"] = record["precision"]
     fit = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
     if isinstance(fit.get("fid_inf_points"), list) and _is_number(fit.get("fid_inf")):
         try:
@@ -285,7 +287,8 @@ def read_run(run_dir: Path, warnings: list[str] | None = None) -> Run:
     metrics, info = read_eval(run_dir, warnings)
     values.update({"extractor": info.get("extractor"), "fingerprint": info.get("fingerprint"),
                    "ref": _ref_label(info), "n_fake": info.get("n_fake"), "n_real": info.get("n_real"),
-                   "eval_checkpoint": info.get("checkpoint"), "eval_step": info.get("eval_step")})
+                   "eval_checkpoint": info.get("checkpoint"), "eval_step": info.get("eval_step"),
+                   "sampled_in": info.get("sampled_in")})
     values.update(metrics)
     diag, dinfo, plots = read_diagnostics(run_dir, warnings)
     if not diag:
@@ -340,7 +343,8 @@ LEAD_COLUMNS = [Column("run", "run", "text"), Column("model", "model", "text"), 
                 Column("extractor", "extractor", "text"),
                 Column("n_fake", "n fake", "int"), Column("n_real", "n real", "int")]
 TRAIL_COLUMNS = [Column("ref", "ref", "text"), Column("fingerprint", "fingerprint", "text"),
-                 Column("eval_checkpoint", "eval ckpt", "text"), Column("eval_step", "eval step", "int")]
+                 Column("eval_checkpoint", "eval ckpt", "text"), Column("eval_step", "eval step", "int"),
+                 Column("sampled_in", "sampled in", "text")]
 RUN_COLUMNS = LEAD_COLUMNS + TRAIL_COLUMNS
 _GROUP_FIELDS = ("dataset", "extractor", "fingerprint", "ref", "n_real", "n_fake")
 
