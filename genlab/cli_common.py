@@ -58,8 +58,8 @@ def single_process(fn):
 def precision_option():
     """--precision of the commands that sample a run (speed.sampling_amp)."""
     return typer.Option("auto", help="What sampling computes in: auto (the family's measured default: bf16 for "
-                                     "GANs where the CPU or GPU has native bf16, else float32), float32, bf16. "
-                                     "Features and likelihoods are always float32.")
+                                     "GANs and flow matching where the CPU or GPU has native bf16, else "
+                                     "float32), float32, bf16. Features and likelihoods are always float32.")
 
 
 def declared_sample_options() -> dict:

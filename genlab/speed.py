@@ -10,9 +10,10 @@ section) and in every evaluation record.
 
 Sampling has its own precision (`genlab sample / eval --precision auto | float32 | bf16`, and the
 samples of periodic evaluation and grids during training): `auto` takes the family's declared
-`speed[kind]["sample"]` where bf16 is native, else float32. The GAN family declares bf16 (generator
-forwards ~4x faster on an AMX CPU; sampling one checkpoint in bf16 moves its FID by less than the
-sampling seed does, README "Performance"); every other family samples in float32. Feature
+`speed[kind]["sample"]` where bf16 is native, else float32. The GAN and flow-matching families
+declare bf16 (generators ~4x, Heun-20 ~2.3x faster on an AMX CPU; one trained checkpoint's FID moved
+by at most a 25th of what the sampling seed moves it, README "Performance"); the others, ddpm among
+them (+0.25 FID), sample in float32. Feature
 extraction and likelihood passes always run in float32, so reference features and NLL / bits/dim
 never depend on the machine.
 
