@@ -4,7 +4,8 @@ Two trainers that each take every core thrash (measured on 2 cores: two runs at 
 to 53 images/s against 327 at 1 thread each). So every `genlab train` registers itself while it runs
 (`$GENLAB_CACHE/trainers/<pid>.lock`, an OS file lock that dies with the process), and with
 `train.threads: 0` (the default) uses its share of the cores: cores // (trainers running), re-checked
-at every log step, so a trainer that started alone gives cores back when another one starts.
+every RECHECK_SECONDS of training, so a trainer that started alone gives cores back when another one
+starts.
 OMP_NUM_THREADS, when set, and a non-zero train.threads are taken as they are.
 """
 from __future__ import annotations
@@ -12,6 +13,12 @@ from __future__ import annotations
 import fcntl
 import os
 from .paths import cache_root
+
+
+# By time, not per log step: thrashing steps are slow, so "at the next log step" can be minutes away
+# (measured: a vqvae-prior run that started alone ran 1.4-1.5 s/step for its first 100 steps once a
+# second trainer took a core, against 0.18 s/step at its share). A check costs one flock per trainer.
+RECHECK_SECONDS = 5.0
 
 
 def cores() -> int:

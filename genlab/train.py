@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, parallel, rundir
 from .config import RunConfig, build, dump, saved_layer
-from .cores import CoreShare
+from .cores import RECHECK_SECONDS, CoreShare
 from .cores import describe as describe_cores
 from .data import Shard, load_dataset, make_sampler
 from .ema import EMA
@@ -226,6 +226,8 @@ class Trainer:
                 self._one_step(self.step + 1)
                 self.step += 1
                 bar.update(1)
+                if time.perf_counter() - self._cores_checked > RECHECK_SECONDS:
+                    self._share_cores()
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     losses = self._log(last_log, t_log, images_per_step, bar)
                     last_log, t_log = self.step, time.perf_counter()
@@ -257,12 +259,12 @@ class Trainer:
         if ips < 0.5 * self._best_ips:  # something else took the cores (another run, a test suite ...)
             shown["slow"] = f"{ips:.0f} img/s, {100 * ips / self._best_ips:.0f}% of best"
         bar.set_postfix(shown, refresh=False)
-        self._share_cores()
         return losses
 
     def _share_cores(self, announce: bool = False) -> None:
         """Use this trainer's share of the cores (see genlab/cores.py); say so when it changes."""
         threads = self.cores.threads()
+        self._cores_checked = time.perf_counter()
         if threads != torch.get_num_threads() or announce:
             torch.set_num_threads(threads)
             others = self.cores.others() if not self.cores.fixed else 0

@@ -189,3 +189,36 @@ def test_co_running_trainers_share_the_cores(tmp_path, monkeypatch):
     finally:
         if other.poll() is None:
             other.kill()
+
+
+def test_a_running_trainer_gives_cores_back_between_log_steps(tmp_path, monkeypatch, tiny_sets):
+    """A trainer that started alone halves its threads soon after a second trainer starts, by time
+    (cores.RECHECK_SECONDS, 0 here), not at its next log step (never, here: log_every > steps)."""
+    from genlab import cores
+
+    monkeypatch.setenv("GENLAB_CACHE", str(tmp_path))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cores, "cores", lambda: 2)
+    monkeypatch.setattr("genlab.train.RECHECK_SECONDS", 0.0)
+    cfg = C.resolve("gan", sets=tiny_sets + ["train.steps=4", "train.log_every=100", f"out={tmp_path}", "name=r"])
+    trainer = Trainer(cfg, tmp_path / "r", show_progress=False)
+    code = "import time; from genlab.cores import CoreShare; c = CoreShare(0); print('ready', flush=True); time.sleep(60)"
+    other, seen, step = None, [], trainer.family.train_step
+
+    def watched(batch, k):
+        nonlocal other
+        seen.append(torch.get_num_threads())
+        if k == 2:  # another trainer starts while this one runs
+            other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, "GENLAB_CACHE": str(tmp_path)})
+            assert other.stdout.readline().strip() == "ready"
+        return step(batch, k)
+
+    trainer.family.train_step = watched
+    try:
+        trainer.run()
+    finally:
+        torch.set_num_threads(1)  # conftest's setting, for the tests after this one
+        if other is not None:
+            other.kill()
+    assert seen[:2] == [2, 2] and seen[-1] == 1, seen

@@ -255,7 +255,8 @@ class PriorFamily(FamilyBase):
         return F.cross_entropy(logits.float(), codes, reduction="none").flatten(1).sum(1)
 
     def train_step(self, batch, step: int) -> dict[str, Tensor]:
-        codes = self.vq.encode(batch[0])
+        with torch.autocast(self.device.type, enabled=False):  # the frozen encoder's codes, as sampled later
+            codes = self.vq.encode(batch[0])
         nats = self.nll(codes, self.net_train).mean()
         self.opt(nats / codes[0].numel())
         nats = nats.detach()
