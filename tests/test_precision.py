@@ -15,7 +15,8 @@ IMAGE = DataInfo("mnist", "image", (1, 28, 28), 10)
 POINTS = DataInfo("ring8", "points", (2,), 8)
 # n_critic 1: the logged critic losses are then those of the first update, before any weight moved
 TINY = {"gan": ["gan.g_width=8", "gan.d_width=8", "gan.n_critic=1"],
-        "autoregressive": ["autoregressive.width=8", "autoregressive.layers=2"]}
+        "autoregressive": ["autoregressive.width=8", "autoregressive.layers=2"],
+        "prior": ["prior.vqvae=untrained", "prior.width=8", "prior.layers=2"]}
 
 
 def _models_with_bf16_default():

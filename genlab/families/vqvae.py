@@ -235,6 +235,10 @@ def load_vqvae(o: PriorOptions, cfg, info, device: torch.device) -> VQVAEFamily:
 class PriorFamily(FamilyBase):
     Options = PriorOptions
     capabilities = frozenset({"sample"})  # reconstruction is the first stage's, not the prior's
+    # measured on an AMX CPU (bench/bench_train.py): bf16 1.49x fp32 (channels_last adds nothing). Default
+    # runs on one VQ-VAE, two seeds each, FID at n = 10,000: bf16 24.26 / 26.18 vs float32 26.50 / 27.29;
+    # final training NLL 160.4 / 160.1 vs 160.1 / 159.9 nats per code map. README "Performance".
+    speed = {"image": {"amp": "bf16"}}
 
     def __init__(self, cfg, info, device: torch.device):
         o: PriorOptions = cfg.options
