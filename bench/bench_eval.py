@@ -45,8 +45,6 @@ def family_table(models: str, n: int) -> None:
     from genlab.data import load_dataset
     from genlab.eval.evaluate import evaluate
     from genlab.families.base import build_family
-    from genlab import speed
-    from genlab.speed import sampling_amp
     from genlab.registry import available
     from genlab.speed import sampling_amp
 
@@ -175,8 +173,8 @@ def main() -> None:
     from genlab.data import DataInfo
     from genlab.eval.features import get_extractor
     from genlab.eval.reference import get_reference, load_real
-    from genlab.families.base import build_family
     from genlab import speed
+    from genlab.families.base import build_family
     from genlab.speed import sampling_amp
 
     if args.run_dir:

@@ -13,9 +13,8 @@ samples of periodic evaluation and grids during training): `auto` takes the fami
 `speed[kind]["sample"]` where bf16 is native, else float32. The GAN and flow-matching families
 declare bf16 (generators ~4x, Heun-20 ~2.3x faster on an AMX CPU; one trained checkpoint's FID moved
 by at most a 25th of what the sampling seed moves it, README "Performance"); the others, ddpm among
-them (+0.25 FID), sample in float32. Feature
-extraction and likelihood passes always run in float32, so reference features and NLL / bits/dim
-never depend on the machine.
+them (+0.25 FID), sample in float32. Feature extraction and likelihood passes always run in float32,
+so reference features and NLL / bits/dim never depend on the machine.
 
 Inference forwards (sampling, feature extraction, likelihood passes) run in chunks of
 `inference_chunk(device)` rows: the passes hand out batches of 500 (their seeding unit), but on the
