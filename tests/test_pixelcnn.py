@@ -6,9 +6,10 @@ import torch.nn.functional as F
 from genlab import config as C
 from genlab.data import DataInfo
 from genlab.families.base import build_family
-from genlab.registry import get
+from genlab.nets.pixelcnn import MaskedConv2d
+from genlab.registry import available, get
 
-NETS = ["pixelcnn", "gated-pixelcnn"]
+NETS = available("net", role="autoregressive")
 
 
 def _net(name, colours, layers=3, width=12, values=4):
@@ -40,6 +41,33 @@ def test_output_never_depends_on_current_or_later_inputs(name, colours):
                         for c in range(colours):
                             if later or ((p, q) == (i, j) and c >= ch):
                                 assert g[c, p, q] == 0, f"out({i},{j},{ch}) sees in({p},{q},{c})"
+
+
+@pytest.mark.parametrize("pad", [(2, 2, 2, 2), (1, 1, 0, 0), (2, 0, 0, 0), (1, 1, 1, 0)])
+def test_masked_conv_pads_like_f_pad(pad):
+    """Symmetric pads go to the conv itself, the others through F.pad: both give the padded conv."""
+    torch.manual_seed(0)
+    conv = MaskedConv2d(4, 6, (3, 3), "B", 1, pad, (1, 1), True)
+    x = torch.randn(2, 4, 5, 7)
+    expected = F.conv2d(F.pad(x, pad), conv.weight * conv.mask, conv.bias)
+    assert torch.allclose(conv(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_channels_last_gives_the_contiguous_logits_and_gradients(name):
+    """The nets copy strided channel halves in channels_last (the gates) and pad inside the conv:
+    layouts must not change what they compute."""
+    grads = {}
+    outs = {}
+    for layout in (torch.contiguous_format, torch.channels_last):
+        net = _net(name, 3).to(memory_format=layout)
+        x = torch.rand(2, 3, 6, 6).contiguous(memory_format=layout)
+        outs[layout] = out = net(x)
+        out.square().sum().backward()
+        grads[layout] = [p.grad for p in net.parameters()]
+    assert torch.allclose(outs[torch.contiguous_format], outs[torch.channels_last], atol=1e-5)
+    for a, b in zip(grads[torch.contiguous_format], grads[torch.channels_last]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def _field(net, colours=1, h=6, w=6, i=4, j=2):

@@ -45,10 +45,14 @@ def test_auto_takes_the_family_default_per_data_kind(monkeypatch):
     build_family(cfg, IMAGE, torch.device("cpu"))
     assert (cfg.train.amp, cfg.train.channels_last) == ("bf16", "on")
     assert cfg.resolved["precision"] == "bf16 autocast" and cfg.resolved["channels_last"] is True
-    ar = C.resolve("gated-pixelcnn")
+    ar = C.resolve("pixelcnn")
     build_family(ar, DataInfo("mnist", "image", (1, 28, 28), 10, binarized=True), torch.device("cpu"))
     assert (ar.train.amp, ar.train.channels_last) == ("bf16", "off")
     assert ar.resolved["precision"] == "bf16 autocast" and ar.resolved["channels_last"] is False
+    gated = C.resolve("gated-pixelcnn")  # its config turns channels_last on over the family default
+    build_family(gated, DataInfo("mnist", "image", (1, 28, 28), 10, binarized=True), torch.device("cpu"))
+    assert (gated.train.amp, gated.train.channels_last) == ("bf16", "on")
+    assert "channels_last as configured" in gated.resolved["source"]
     toy = C.resolve("gan", sets=["data.name=ring8"])
     build_family(toy, POINTS, torch.device("cpu"))
     assert (toy.train.amp, toy.train.channels_last) == ("off", "off")  # 2-D MLPs stay float32

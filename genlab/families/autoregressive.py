@@ -51,7 +51,8 @@ def targets_to_unit(t: Tensor, values: int) -> Tensor:
 class AutoregressiveFamily(FamilyBase):
     Options = AutoregressiveOptions
     capabilities = frozenset({"sample", "log_likelihood"})
-    # measured: bf16 ~1.5-2x fp32 (the NLL is still summed in float32); channels_last slows masked convs
+    # measured: bf16 ~1.5-2.4x fp32 (the NLL is still summed in float32). channels_last slows the plain
+    # PixelCNN's step; configs/gated-pixelcnn.yaml turns it on for the gated stacks (README "Performance")
     speed = {"image": {"amp": "bf16"}}
 
     def __init__(self, cfg, info, device: torch.device):

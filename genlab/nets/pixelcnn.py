@@ -44,8 +44,13 @@ class MaskedConv2d(nn.Conv2d):
     def __init__(self, cin: int, cout: int, kernel: tuple[int, int], mask: str, colours: int,
                  padding: tuple[int, int, int, int], centre: tuple[int, int], causal_rows: bool,
                  in_halves: int = 1, out_halves: int = 1):
-        super().__init__(cin, cout, kernel, padding=0)
-        self.pad = padding  # (left, right, top, bottom) for F.pad
+        left, right, top, bottom = padding
+        symmetric = left == right and top == bottom
+        # a symmetric pad goes to the conv itself: F.pad would copy every input (twice under bf16,
+        # whose CPU convs run channels_last and convert anything else)
+        super().__init__(cin, cout, kernel, padding=(top, left) if symmetric else 0)
+        self.pad = padding  # (left, right, top, bottom), as F.pad takes it (and the cached sampler)
+        self.pads_input = not symmetric
         kh, kw = kernel
         ci, cj = centre
         m = torch.ones(cout, cin, kh, kw)
@@ -59,7 +64,9 @@ class MaskedConv2d(nn.Conv2d):
         self.register_buffer("mask", m)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(F.pad(x, self.pad), self.weight * self.mask, self.bias)
+        if self.pads_input:
+            x = F.pad(x, self.pad)
+        return self._conv_forward(x, self.weight * self.mask, self.bias)
 
 
 def square_masked(cin, cout, k, mask, colours, in_halves=1, out_halves=1) -> MaskedConv2d:
@@ -149,11 +156,15 @@ class GatedLayer(nn.Module):
     @staticmethod
     def _gate(x: Tensor) -> Tensor:
         a, b = x.chunk(2, dim=1)
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            # a channel half of a channels_last map is strided, and tanh / sigmoid on it run several
+            # times slower than on a dense copy (bf16 sigmoid: 3.0 vs 0.6 ms at 64x32x28x28)
+            a, b = (t.contiguous(memory_format=torch.channels_last) for t in (a, b))
         return torch.tanh(a) * torch.sigmoid(b)
 
     def forward(self, v_in: Tensor, h_in: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
         v = self.v(F.pad(v_in, self.v_pad))
-        shifted = F.pad(v, (0, 0, 1, 0))[:, :, :-1]  # row i gets rows <= i-1
+        shifted = F.pad(v, (0, 0, 1, -1))  # row i gets rows <= i-1 (negative pad crops: stays contiguous)
         h = self.h(h_in) + self.v_to_h(shifted)
         if self.cond is not None and y is not None:
             c = self.cond(y)[:, :, None, None]
