@@ -77,7 +77,8 @@ class VectorQuantizer(nn.Module):
 
     def codes_of(self, z_e: Tensor) -> Tensor:
         b, d, h, w = z_e.shape
-        return self.nearest(z_e.permute(0, 2, 3, 1).reshape(-1, d)).view(b, h, w)
+        with torch.autocast(z_e.device.type, enabled=False):  # as in forward
+            return self.nearest(z_e.float().permute(0, 2, 3, 1).reshape(-1, d)).view(b, h, w)
 
     def lookup(self, codes: Tensor) -> Tensor:
         """(B, H, W) indices -> (B, D, H, W) code vectors."""
@@ -85,6 +86,12 @@ class VectorQuantizer(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, z_e: Tensor) -> Quantized:
+        # float32 under any autocast: bf16 distances could pick other nearest codes than a float32
+        # encoding of the same image, and the EMA codebook sums would be rounded to 8 bits
+        with torch.autocast(z_e.device.type, enabled=False):
+            return self._quantize(z_e.float())
+
+    def _quantize(self, z_e: Tensor) -> Quantized:
         b, d, h, w = z_e.shape
         flat = z_e.permute(0, 2, 3, 1).reshape(-1, d)
         codes = self.nearest(flat)
