@@ -104,11 +104,12 @@ class VAEFamily(FamilyBase):
         train=True: the nets' training views, and noise for this rank's rows of the global batch."""
         inp, target = self._prepare(x)
         encoder, decoder = (self.encoder_train, self.decoder_train) if train else (self.encoder, self.decoder)
-        mean, logvar = encoder(inp)
+        # z, the KL and log p(x|z) in float32 under any autocast (the nets themselves may run in bf16)
+        mean, logvar = (t.float() for t in encoder(inp))
         eps = (shared_randn(mean.shape[0], mean.shape[1:], self.device) if train
                else randn(tuple(mean.shape), generator, self.device))
         z = mean + torch.exp(0.5 * logvar) * eps
-        return {"log_px_z": self.obs.log_prob(decoder(z), target), "kl": gaussian_kl(mean, logvar)}
+        return {"log_px_z": self.obs.log_prob(decoder(z).float(), target), "kl": gaussian_kl(mean, logvar)}
 
     def elbo(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The ELBO (beta = 1) in nats per image, one sample of z."""
