@@ -59,6 +59,9 @@ def test_auto_takes_the_family_default_per_data_kind(monkeypatch):
     vae = C.resolve("vae")
     build_family(vae, DataInfo("mnist", "image", (1, 28, 28), 10, binarized=True), torch.device("cpu"))
     assert (vae.train.amp, vae.train.channels_last) == ("off", "on")  # float32; channels_last for IWAE decoding
+    vq = C.resolve("vqvae")
+    build_family(vq, DataInfo("mnist", "image", (1, 28, 28), 10), torch.device("cpu"))
+    assert (vq.train.amp, vq.train.channels_last) == ("bf16", "on")
 
 
 def test_bf16_without_native_support_falls_back_and_says_so(monkeypatch, tmp_path):
