@@ -58,7 +58,7 @@ def test_auto_takes_the_family_default_per_data_kind(monkeypatch):
     assert (toy.train.amp, toy.train.channels_last) == ("off", "off")  # 2-D MLPs stay float32
     vae = C.resolve("vae")
     build_family(vae, DataInfo("mnist", "image", (1, 28, 28), 10, binarized=True), torch.device("cpu"))
-    assert (vae.train.amp, vae.train.channels_last) == ("off", "on")  # float32; channels_last for IWAE decoding
+    assert (vae.train.amp, vae.train.channels_last) == ("bf16", "on")
     vq = C.resolve("vqvae")
     build_family(vq, DataInfo("mnist", "image", (1, 28, 28), 10), torch.device("cpu"))
     assert (vq.train.amp, vq.train.channels_last) == ("bf16", "on")

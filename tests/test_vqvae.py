@@ -32,7 +32,6 @@ def test_quantizer_picks_the_nearest_code():
     torch.testing.assert_close(out.z_q.permute(0, 2, 3, 1).reshape(-1, 3), vq.embed.detach()[brute])
 
 
-
 def test_quantizer_stays_float32_under_bf16_autocast():
     """Nearest codes and the EMA codebook update are computed in float32 whatever the autocast: bf16
     distances pick other codes for close vectors (many here: 512 codes of 16 dims)."""
@@ -48,6 +47,7 @@ def test_quantizer_stays_float32_under_bf16_autocast():
     assert torch.equal(runs[False][0], runs[True][0]) and torch.equal(runs[False][1], runs[True][1])
     torch.testing.assert_close(runs[False][2], runs[True][2])
     assert runs[True][3] == torch.float32
+
 
 def test_straight_through_gradient_reaches_the_encoder_unchanged():
     vq = _vq().eval()
