@@ -79,9 +79,10 @@ class VQVAEFamily(FamilyBase):
     Options = VQVAEOptions
     # sample(): the documented unigram fallback (see the module docstring); vqvae-prior samples for real
     capabilities = frozenset({"sample", "reconstruct", "encode", "interpolate", "codebook"})
-    # bf16 + channels_last: 1.51-1.56x fp32 on an AMX CPU (bench/bench_train.py; channels_last alone 1.09x), the
-    # quantizer kept in float32. Default runs, two seeds each, test recon MSE (all 10,000 images): bf16
-    # 0.00159 / 0.00158 vs float32 0.00159 / 0.00167; perplexity 331 / 323 vs 324 / 320. README "Performance".
+    # bf16 + channels_last: 1.51-1.56x fp32 on an AMX CPU (bench/bench_train.py; channels_last alone
+    # 1.09x), the quantizer kept in float32. Default runs, two seeds each, test recon MSE (all 10,000
+    # images): bf16 0.00159 / 0.00158 vs float32 0.00159 / 0.00167; perplexity 331 / 323 vs 324 / 320.
+    # README "Performance".
     speed = {"image": {"amp": "bf16", "channels_last": True}}
 
     def __init__(self, cfg, info, device: torch.device):

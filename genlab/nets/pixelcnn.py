@@ -66,7 +66,7 @@ class MaskedConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if self.pads_input:
             x = F.pad(x, self.pad)
-        return self._conv_forward(x, self.weight * self.mask, self.bias)
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
 
 
 def square_masked(cin, cout, k, mask, colours, in_halves=1, out_halves=1) -> MaskedConv2d:
