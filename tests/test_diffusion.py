@@ -149,6 +149,24 @@ def test_the_2d_denoisers_coordinate_features_are_sinusoids_of_25_x():
     assert MLPDenoiser((2,), width=16, depth=2).net[0].in_features == 2 + 128  # off: raw coordinates
 
 
+def test_the_unets_input_conv_reads_x_t_in_float32_under_bf16_autocast():
+    """At small t, eps is read from noise of ~0.01 on pixels of ~1, which bf16 (8-bit mantissa) rounds
+    away: a 1e-3 change of x_t must reach the input conv's output as the float32 conv of that change."""
+    from genlab.nets.unet import UNet
+    torch.manual_seed(0)
+    net, outs = UNet((1, 28, 28), width=8, mults=(1, 2)), []
+    net.inp.register_forward_hook(lambda m, args, out: outs.append(out))
+    x = torch.rand(2, 1, 28, 28) * 2 - 1
+    dx = 1e-3 * torch.randn_like(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = net(x, torch.full((2,), 0.001))
+        net(x + dx, torch.full((2,), 0.001))
+    assert y.dtype == torch.bfloat16  # the rest of the net still runs in bf16
+    want = torch.nn.functional.conv2d(dx, net.inp.weight, padding=1)
+    assert outs[0].dtype == torch.float32
+    assert torch.allclose(outs[1] - outs[0], want, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- flow matching
 def _ot_velocity(mu: torch.Tensor, s: float):
     """The exact marginal velocity of the OT path N(0, I) -> N(mu, s^2 I) (sigma_min = 0):

@@ -91,16 +91,16 @@ class DenoiserFamily(FamilyBase):
     """What diffusion and flow matching share: data scaling, labels, guidance, the optimizer."""
 
     sample_options = SAMPLE_OPTIONS
-    # float32, contiguous, by measurement (AVX512-BF16 CPU, README "Performance"): bf16 steps are ~1.5x
-    # faster and keep FID (ddpm, two seeds each: 47.7 / 50.3 fp32 vs 47.9 / 50.4 bf16), but every bf16 run
-    # scored worse likelihoods (ddpm bound 2.83 / 2.79 vs 2.89 / 2.81 bits/dim; flow-matching ODE
-    # 2.830 vs 2.878 on the same 500 test images, ±0.016), and bits/dim is these families' reported
-    # figure. channels_last: no reliable gain with the UNet's GroupNorm + SiLU (it slowed A's bf16 step,
-    # 1.27x vs 1.54x, and gives 1.01-1.07x in float32 on an AVX2-only CPU). Sampling (--precision auto)
-    # stays float32 for ddpm: bf16 DDIM-50 runs 2.3x faster on an AMX CPU but moved one trained run's FID
-    # by +0.23 / +0.26 (n = 2,000, two sampling seeds, which differ by 0.37): x0 = (x - s eps) / a
-    # magnifies eps's rounding at high noise. Flow matching samples in bf16 (its own declaration).
-    speed: dict = {}
+    # bf16 autocast where it is native, contiguous, by measurement (README "Performance"): ddpm's step
+    # runs 1.8x float32 on an AMX CPU. bf16 once cost likelihood (ddpm bound +0.058 / +0.019 bits/dim
+    # over two seeds; flow matching +0.048): the UNet's first conv rounded x_t to bf16, and at small t
+    # eps lives below bf16's resolution. With that conv in float32 (nets/unet.py) two ddpm seeds score
+    # 2.848 / 2.794 against float32's 2.834 / 2.792, and FID holds. channels_last: no reliable gain
+    # with the UNet's GroupNorm + SiLU. Sampling (--precision auto) stays float32 for ddpm: bf16 DDIM-50
+    # runs 2.3x faster on an AMX CPU but moved one trained run's FID by +0.23 / +0.26 (n = 2,000, two
+    # sampling seeds, which differ by 0.37): x0 = (x - s eps) / a magnifies eps's rounding at high
+    # noise. Flow matching samples in bf16 (its own declaration).
+    speed: dict = {"image": {"amp": "bf16"}}
 
     def _setup(self, cfg, info, device, what: str) -> None:
         o = cfg.options
