@@ -18,6 +18,7 @@ import torch
 from genlab import checkpoint
 from genlab import config as C
 from genlab.train import Trainer
+from statedicts import float_tensors  # tests/statedicts.py
 
 HERE = Path(__file__).parent
 # float32 and contiguous: the parity checked here is the data parallelism's, not bf16 rounding's
@@ -85,21 +86,8 @@ def _state(run_dir: Path) -> dict:
     return checkpoint.load(run_dir / "checkpoints" / "last.pt")["family_state"]
 
 
-def _tensors(obj, prefix=""):
-    """(path, tensor) for every floating-point tensor in a nested state dict."""
-    if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point():
-            yield prefix, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _tensors(v, f"{prefix}.{k}")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _tensors(v, f"{prefix}[{i}]")
-
-
 def _assert_close(a: dict, b: dict, rtol: float, atol: float) -> None:
-    ta, tb = dict(_tensors(a)), dict(_tensors(b))
+    ta, tb = dict(float_tensors(a)), dict(float_tensors(b))
     assert ta.keys() == tb.keys() and ta
     for key in ta:
         assert torch.allclose(ta[key], tb[key], rtol=rtol, atol=atol), (
@@ -107,7 +95,7 @@ def _assert_close(a: dict, b: dict, rtol: float, atol: float) -> None:
 
 
 def _assert_equal(a: dict, b: dict) -> None:
-    ta, tb = dict(_tensors(a)), dict(_tensors(b))
+    ta, tb = dict(float_tensors(a)), dict(float_tensors(b))
     assert ta.keys() == tb.keys() and ta
     for key in ta:
         assert torch.equal(ta[key], tb[key]), key
@@ -240,7 +228,7 @@ def test_a_rank_killed_mid_run_leaves_a_loadable_checkpoint_and_a_clear_error(tm
     ckpt = checkpoint.load(run / "checkpoints" / "last.pt")
     assert ckpt["step"] >= 40 and ckpt["step"] % 20 == 0 and ckpt["world_size"] == 2
     assert not [p for p in (run / "checkpoints").iterdir() if ".tmp" in p.name]
-    for v in (t for _, t in _tensors(ckpt["family_state"])):
+    for v in (t for _, t in float_tensors(ckpt["family_state"])):
         assert math.isfinite(v.sum().item())
 
 

@@ -10,6 +10,7 @@ from genlab.data import DataInfo
 from genlab.errors import ConfigError
 from genlab.families.base import build_family
 from genlab.train import Trainer, autocast
+from statedicts import float_tensors  # tests/statedicts.py
 
 IMAGE = DataInfo("mnist", "image", (1, 28, 28), 10)
 POINTS = DataInfo("ring8", "points", (2,), 8)
@@ -105,21 +106,13 @@ def test_bf16_step_agrees_with_float32_on_a_fixed_batch(monkeypatch, model):
         torch.manual_seed(2)
         with autocast(torch.device("cpu"), cfg.train.amp):
             out[amp] = {k: float(v) for k, v in fam.train_step((x, torch.zeros(len(x), dtype=torch.long)), 1).items()}
-        after[amp] = _float_tensors(fam.state_dict())
+        after[amp] = dict(float_tensors(fam.state_dict()))
     for k, v in out["off"].items():
         assert out["bf16"][k] == pytest.approx(v, rel=0.05, abs=0.02), (model, k)
     # bf16 really ran: its gradients moved the weights or the optimizer's moments elsewhere (the
     # logged losses alone can agree exactly: a denoiser's zero-initialised output layer predicts 0)
-    assert any(not torch.equal(a, b) for a, b in zip(after["off"], after["bf16"], strict=True))
-
-
-def _float_tensors(state) -> list:
-    """Every floating-point tensor of a (nested) state dict, in order."""
-    if isinstance(state, dict):
-        return [t for v in state.values() for t in _float_tensors(v)]
-    if isinstance(state, (list, tuple)):
-        return [t for v in state for t in _float_tensors(v)]
-    return [state] if torch.is_tensor(state) and state.is_floating_point() else []
+    assert after["off"].keys() == after["bf16"].keys()
+    assert any(not torch.equal(t, after["bf16"][k]) for k, t in after["off"].items())
 
 
 # ----------------------------------------------------------------------------- sampling precision

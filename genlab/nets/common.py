@@ -7,6 +7,13 @@ import torch
 from torch import nn
 
 
+def in_float32(fn, x: torch.Tensor):
+    """fn(x) computed in float32 whatever autocast is on (x cast up first): for the steps whose
+    precision the results depend on (a vector quantizer's nearest codes, a denoiser reading x_t)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return fn(x.float())
+
+
 def make_norm(kind: str, channels: int, dims: int = 2) -> nn.Module:
     """'batch' | 'instance' | 'layer' | 'none' -> a normalisation layer for conv features.
 

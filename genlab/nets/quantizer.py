@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..parallel import all_gather_cat, all_reduce_sum
 from ..registry import register
+from .common import in_float32
 
 
 class Quantized(NamedTuple):
@@ -77,8 +78,7 @@ class VectorQuantizer(nn.Module):
 
     def codes_of(self, z_e: Tensor) -> Tensor:
         b, d, h, w = z_e.shape
-        with torch.autocast(z_e.device.type, enabled=False):  # as in forward
-            return self.nearest(z_e.float().permute(0, 2, 3, 1).reshape(-1, d)).view(b, h, w)
+        return in_float32(self.nearest, z_e.permute(0, 2, 3, 1).reshape(-1, d)).view(b, h, w)  # as in forward
 
     def lookup(self, codes: Tensor) -> Tensor:
         """(B, H, W) indices -> (B, D, H, W) code vectors."""
@@ -88,8 +88,7 @@ class VectorQuantizer(nn.Module):
     def forward(self, z_e: Tensor) -> Quantized:
         # float32 under any autocast: bf16 distances could pick other nearest codes than a float32
         # encoding of the same image, and the EMA codebook sums would be rounded to 8 bits
-        with torch.autocast(z_e.device.type, enabled=False):
-            return self._quantize(z_e.float())
+        return in_float32(self._quantize, z_e)
 
     def _quantize(self, z_e: Tensor) -> Quantized:
         b, d, h, w = z_e.shape
