@@ -18,7 +18,7 @@ import torch
 from genlab import checkpoint
 from genlab import config as C
 from genlab.train import Trainer
-from statedicts import float_tensors  # tests/statedicts.py
+from statedicts import state_tensors  # tests/statedicts.py
 
 HERE = Path(__file__).parent
 # float32 and contiguous: the parity checked here is the data parallelism's, not bf16 rounding's
@@ -87,7 +87,7 @@ def _state(run_dir: Path) -> dict:
 
 
 def _assert_close(a: dict, b: dict, rtol: float, atol: float) -> None:
-    ta, tb = dict(float_tensors(a)), dict(float_tensors(b))
+    ta, tb = dict(state_tensors(a)), dict(state_tensors(b))
     assert ta.keys() == tb.keys() and ta
     for key in ta:
         assert torch.allclose(ta[key], tb[key], rtol=rtol, atol=atol), (
@@ -95,7 +95,7 @@ def _assert_close(a: dict, b: dict, rtol: float, atol: float) -> None:
 
 
 def _assert_equal(a: dict, b: dict) -> None:
-    ta, tb = dict(float_tensors(a)), dict(float_tensors(b))
+    ta, tb = dict(state_tensors(a)), dict(state_tensors(b))
     assert ta.keys() == tb.keys() and ta
     for key in ta:
         assert torch.equal(ta[key], tb[key]), key
@@ -228,7 +228,7 @@ def test_a_rank_killed_mid_run_leaves_a_loadable_checkpoint_and_a_clear_error(tm
     ckpt = checkpoint.load(run / "checkpoints" / "last.pt")
     assert ckpt["step"] >= 40 and ckpt["step"] % 20 == 0 and ckpt["world_size"] == 2
     assert not [p for p in (run / "checkpoints").iterdir() if ".tmp" in p.name]
-    for v in (t for _, t in float_tensors(ckpt["family_state"])):
+    for v in (t for _, t in state_tensors(ckpt["family_state"])):
         assert math.isfinite(v.sum().item())
 
 

@@ -9,6 +9,7 @@ from genlab import config as C
 from genlab.data import DataInfo
 from genlab.families.base import build_family
 from genlab.registry import available
+from statedicts import state_tensors  # tests/statedicts.py
 
 SHAPES = {"image": (1, 28, 28), "points": (2,)}
 # Small sizes per family keep the smoke test at a few seconds: PixelCNN samples pixel by pixel,
@@ -95,17 +96,6 @@ def _resume_sets(model: str, tmp_path, name: str, steps: int) -> list[str]:
             f"out={tmp_path}", f"name={name}"]
 
 
-def _all_tensors(obj, prefix=""):
-    if isinstance(obj, torch.Tensor):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _all_tensors(v, f"{prefix}.{k}")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _all_tensors(v, f"{prefix}[{i}]")
-
-
 @pytest.mark.parametrize("model", available("model"))
 def test_every_model_resumes_exactly(model, tmp_path):
     from genlab import checkpoint
@@ -126,8 +116,8 @@ def test_every_model_resumes_exactly(model, tmp_path):
     Trainer(C.resolve(model, sets=_resume_sets(model, tmp_path, "half", 2)), tmp_path / "half", resume=True,
             show_progress=False).run()
     a, b = (checkpoint.load(tmp_path / d / "checkpoints" / "last.pt") for d in ("full", "half"))
-    ta = dict(_all_tensors({k: a[k] for k in ("family_state", "ema", "rng", "sampler")}))
-    tb = dict(_all_tensors({k: b[k] for k in ("family_state", "ema", "rng", "sampler")}))
+    ta = dict(state_tensors({k: a[k] for k in ("family_state", "ema", "rng", "sampler")}, floating_only=False))
+    tb = dict(state_tensors({k: b[k] for k in ("family_state", "ema", "rng", "sampler")}, floating_only=False))
     assert ta.keys() == tb.keys() and len(ta) > 4
     different = [k for k in ta if not torch.equal(ta[k], tb[k])]
     assert not different, f"{model}: resumed state differs in {different[:5]}"

@@ -10,7 +10,7 @@ from genlab.data import DataInfo
 from genlab.errors import ConfigError
 from genlab.families.base import build_family
 from genlab.train import Trainer, autocast
-from statedicts import float_tensors  # tests/statedicts.py
+from statedicts import state_tensors  # tests/statedicts.py
 
 IMAGE = DataInfo("mnist", "image", (1, 28, 28), 10)
 POINTS = DataInfo("ring8", "points", (2,), 8)
@@ -106,7 +106,7 @@ def test_bf16_step_agrees_with_float32_on_a_fixed_batch(monkeypatch, model):
         torch.manual_seed(2)
         with autocast(torch.device("cpu"), cfg.train.amp):
             out[amp] = {k: float(v) for k, v in fam.train_step((x, torch.zeros(len(x), dtype=torch.long)), 1).items()}
-        after[amp] = dict(float_tensors(fam.state_dict()))
+        after[amp] = dict(state_tensors(fam.state_dict()))
     for k, v in out["off"].items():
         assert out["bf16"][k] == pytest.approx(v, rel=0.05, abs=0.02), (model, k)
     # bf16 really ran: its gradients moved the weights or the optimizer's moments elsewhere (the
