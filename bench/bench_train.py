@@ -2,16 +2,19 @@
 
     python bench/bench_train.py [--models all] [--steps 20] [--repeats 3] [--variants fp32,default]
     python bench/bench_train.py --variants fp32,cl,bf16,cl+bf16      # what the defaults were chosen from
+    python bench/bench_train.py --variants fp32-loop,fp32,default   # also against the issue's baseline
 
 For each model the family is built from its shipped config on bundled MNIST (mnist-pair for
 cyclegan; vqvae-prior on an untrained VQ-VAE) and timed on real batches from genlab's sampler, the
 way the trainer calls it (autocast, channels_last input). Variants: fp32 (amp off, contiguous),
-cl (channels_last), bf16 (bf16 autocast), cl+bf16, default (what configs/<model>.yaml ships).
+cl (channels_last), bf16 (bf16 autocast), cl+bf16, default (what configs/<model>.yaml ships), and
+fp32-loop: fp32 with torch's default CPU Adam, a loop over the tensors, which every family but the
+flows stepped with before genlab's optimizers were fused (the "today" of issue 16's baseline).
 Printed per model and variant: images/s (median of --repeats timings of --steps steps, after
-warm-up steps), the ratio to fp32, FLOPs per step (torch.utils.flop_counter, counted on the fp32
-step) and the achieved GFLOP/s as a percentage of the fp32 and bf16 matmul peaks measured in this
-same run (square matmuls, median of repeats; the bf16 peak only where bf16 is native). Threads: all
-cores unless --threads.
+warm-up steps), the ratio to the first variant listed, FLOPs per step (torch.utils.flop_counter,
+counted on the fp32 step) and the achieved GFLOP/s as a percentage of the fp32 and bf16 matmul
+peaks measured in this same run (square matmuls, median of repeats; the bf16 peak only where bf16
+is native). Threads: all cores unless --threads.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from torch.utils.flop_counter import flop_registry
 
 from genlab import config as C
 from genlab.data import load_dataset, make_sampler
-from genlab.families.base import build_family
+from genlab.families.base import Update, build_family
 from genlab.parallel.modules import to_channels_last
 from genlab.registry import available
 from genlab.speed import cpu_has_bf16
@@ -35,7 +38,9 @@ VARIANTS = {"fp32": ["train.amp=off", "train.channels_last=false"],
             "cl": ["train.amp=off", "train.channels_last=true"],
             "bf16": ["train.amp=bf16", "train.channels_last=false"],
             "cl+bf16": ["train.amp=bf16", "train.channels_last=true"],
-            "default": []}
+            "default": [],
+            "fp32-loop": ["train.amp=off", "train.channels_last=false"]}
+PER_TENSOR_ADAM = {"fp32-loop"}
 SPECIAL = {"vqvae-prior": ["prior.vqvae=untrained"], "cyclegan": ["data.name=mnist-pair"]}
 
 
@@ -57,9 +62,21 @@ def setup(model: str, variant: str):
     data = load_dataset(cfg.data, "train")
     torch.manual_seed(0)
     family = build_family(cfg, data.info, torch.device("cpu"))
+    if variant in PER_TENSOR_ADAM:
+        unfuse_optimizers(family)
     per_step = family.batches_per_step
     sampler = make_sampler(cfg.data, data, cfg.train.batch_size * per_step, 0)
     return cfg, family, sampler, cfg.train.batch_size * per_step
+
+
+def unfuse_optimizers(family) -> None:
+    """Swap each of the family's fused Adams for torch's CPU default (foreach=False), with the same
+    hyperparameters; families that skip non-finite steps (the flows) had fused Adam already."""
+    for update in vars(family).values():
+        if isinstance(update, Update) and not update.skip_nonfinite:
+            d = update.opt.defaults
+            update.opt = torch.optim.Adam(update.params, lr=d["lr"], betas=d["betas"], eps=d["eps"],
+                                          weight_decay=d["weight_decay"], foreach=False)
 
 
 def step_fn(cfg, family, sampler):
@@ -145,7 +162,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peaks measured now: "
           f"fp32 {fp32_peak:.0f} GFLOP/s, bf16 {f'{bf16_peak:.0f} GFLOP/s' if bf16_peak else 'not measured'}; "
           f"native bf16 (genlab.speed): {native_bf16}; oneDNN bf16 (native or emulated): {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
-    print(f"{'model':<16}{'variant':<9}{'img/s':>9}{'vs fp32':>9}{'GFLOP/step':>12}{'GFLOP/s':>9}"
+    print(f"{'model':<16}{'variant':<9}{'img/s':>9}{'vs 1st':>9}{'GFLOP/step':>12}{'GFLOP/s':>9}"
           f"{'% fp32 pk':>11}{'% bf16 pk':>11}  shipped default, as resolved here")
     for model in models:
         flops = flops_per_step(model)

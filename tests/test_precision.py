@@ -66,10 +66,10 @@ def test_auto_takes_the_family_default_per_data_kind(monkeypatch):
     assert (vq.train.amp, vq.train.channels_last) == ("bf16", "on")
     ddpm = C.resolve("ddpm")  # the UNet reads x_t in float32 (tests/test_diffusion.py)
     build_family(ddpm, IMAGE, torch.device("cpu"))
-    assert (ddpm.train.amp, ddpm.train.channels_last) == ("bf16", "off")
+    assert (ddpm.train.amp, ddpm.train.channels_last) == ("bf16", "on")
     fm = C.resolve("flow-matching")
     build_family(fm, IMAGE, torch.device("cpu"))
-    assert (fm.train.amp, fm.resolved["sampling"]) == ("bf16", "bf16 autocast")
+    assert (fm.train.amp, fm.train.channels_last, fm.resolved["sampling"]) == ("bf16", "on", "bf16 autocast")
 
 
 def test_bf16_without_native_support_falls_back_and_says_so(monkeypatch, tmp_path):
@@ -114,6 +114,58 @@ def test_bf16_step_agrees_with_float32_on_a_fixed_batch(monkeypatch, model):
     assert after["off"].keys() == after["bf16"].keys()
     assert any(not torch.equal(t, after["bf16"][k]) for k, t in after["off"].items())
 
+
+
+
+def _check_every_weighted_forward(nets: list[torch.nn.Module]) -> tuple[list[int], list[str]]:
+    """Hooks on every conv / linear layer of `nets` that redo the layer's forward with autocast's
+    weight cache off (so its weights are cast afresh) and note each layer whose output differs.
+    Spectrally normalised layers are skipped: a second forward would step their power iteration."""
+    calls, stale, busy = [0], [], [False]
+
+    def redo(module, args, out):
+        if busy[0]:
+            return
+        busy[0] = True
+        try:
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False,
+                                                 enabled=torch.is_autocast_enabled("cpu")):
+                again = module(*args)
+        finally:
+            busy[0] = False
+        calls[0] += 1
+        if not torch.equal(out, again):
+            stale.append(type(module).__name__)
+
+    for net in nets:
+        for m in net.modules():
+            if (isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))
+                    and not torch.nn.utils.parametrize.is_parametrized(m)):
+                m.register_forward_hook(redo)
+    return calls, stale
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="oneDNN has no bf16 on this CPU")
+@pytest.mark.parametrize("model", _models_with_bf16_default())
+def test_bf16_forwards_in_a_step_use_the_current_weights(monkeypatch, model):
+    """autocast keeps the bf16 copy of every weight it cast until its region ends, and a family's
+    whole step is one region: unless Update empties that cache after each update, a later forward in
+    the same step (WGAN-GP's second critic iteration) runs with the weights from before the update.
+    GANs are built with two critic updates per step here, so there is such a forward to check."""
+    monkeypatch.setattr(speed, "cpu_has_bf16", lambda: True)
+    family = C.model_layer(model).get("family", "gan")
+    sets = [s for s in TINY.get(family, []) if not s.startswith("gan.n_critic")]
+    sets += ["gan.n_critic=2"] if family == "gan" else []
+    cfg = C.resolve(model, sets=["train.amp=bf16", "train.channels_last=off", "train.batch_size=8", *sets])
+    torch.manual_seed(0)
+    info = DataInfo("mnist", "image", (1, 28, 28), 10, binarized=family == "autoregressive")
+    fam = build_family(cfg, info, torch.device("cpu"))
+    calls, stale = _check_every_weighted_forward([v for v in vars(fam).values() if isinstance(v, torch.nn.Module)])
+    x = torch.randint(0, 256, (8 * fam.batches_per_step, 1, 28, 28), generator=torch.Generator().manual_seed(1),
+                      dtype=torch.uint8)
+    with autocast(torch.device("cpu"), cfg.train.amp):
+        fam.train_step((x, torch.zeros(len(x), dtype=torch.long)), 1)
+    assert calls[0] > 0 and not stale, (model, stale)
 
 # ----------------------------------------------------------------------------- sampling precision
 def _families():
