@@ -167,6 +167,35 @@ def test_the_unets_input_conv_reads_x_t_in_float32_under_bf16_autocast():
     assert torch.allclose(outs[1] - outs[0], want, atol=1e-6)
 
 
+
+@pytest.mark.parametrize("amp", [False, True], ids=["float32", "bf16"])
+def test_the_unet_computes_the_same_in_channels_last(amp):
+    """In channels_last under bf16, the UNet's GroupNorms normalise in the contiguous layout (the
+    CPU's channels_last kernel is slow there): the layout must change neither output nor gradients."""
+    from genlab.nets.unet import UNet
+    outs, grads, seen = {}, {}, []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(0)
+        net = UNet((1, 28, 28), width=8, mults=(1, 2), patch=2)
+        torch.nn.init.normal_(net.out[-1].weight, std=0.1)  # not the zero start: gradients reach every layer
+        net = net.to(memory_format=layout)
+        net.down[0][0].n1.register_forward_pre_hook(
+            lambda m, args: seen.append((args[0].dtype, args[0].is_contiguous(memory_format=torch.channels_last))))
+        x = (torch.rand(4, 1, 28, 28) * 2 - 1).contiguous(memory_format=layout)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            outs[layout] = out = net(x, torch.rand(4))
+        out.float().square().sum().backward()
+        grads[layout] = [p.grad for p in net.parameters()]
+    # the channels_last run really handed a GroupNorm a channels_last map (in bf16 under autocast)
+    assert seen[1] == (torch.bfloat16 if amp else torch.float32, True)
+    assert all(g.abs().sum() > 0 for g in grads[torch.channels_last])
+    # float32: reductions in another order (gradients reach ~500 here; the biases just before a
+    # GroupNorm have true gradient 0 and carry rounding noise of ~1e-4)
+    tol = dict(rtol=2e-2, atol=2e-2) if amp else dict(rtol=1e-4, atol=1e-3)
+    assert torch.allclose(outs[torch.contiguous_format].float(), outs[torch.channels_last].float(), **tol)
+    for a, b in zip(grads[torch.contiguous_format], grads[torch.channels_last]):
+        assert torch.allclose(a, b, **tol)
+
 # ----------------------------------------------------------------------------- flow matching
 def _ot_velocity(mu: torch.Tensor, s: float):
     """The exact marginal velocity of the OT path N(0, I) -> N(mu, s^2 I) (sigma_min = 0):
