@@ -167,7 +167,6 @@ def test_the_unets_input_conv_reads_x_t_in_float32_under_bf16_autocast():
     assert torch.allclose(outs[1] - outs[0], want, atol=1e-6)
 
 
-
 @pytest.mark.parametrize("amp", [False, True], ids=["float32", "bf16"])
 def test_the_unet_computes_the_same_in_channels_last(amp):
     """In channels_last under bf16, the UNet's GroupNorms normalise in the contiguous layout (the
@@ -195,6 +194,7 @@ def test_the_unet_computes_the_same_in_channels_last(amp):
     assert torch.allclose(outs[torch.contiguous_format].float(), outs[torch.channels_last].float(), **tol)
     for a, b in zip(grads[torch.contiguous_format], grads[torch.channels_last]):
         assert torch.allclose(a, b, **tol)
+
 
 # ----------------------------------------------------------------------------- flow matching
 def _ot_velocity(mu: torch.Tensor, s: float):

@@ -115,8 +115,6 @@ def test_bf16_step_agrees_with_float32_on_a_fixed_batch(monkeypatch, model):
     assert any(not torch.equal(t, after["bf16"][k]) for k, t in after["off"].items())
 
 
-
-
 def _check_every_weighted_forward(nets: list[torch.nn.Module]) -> tuple[list[int], list[str]]:
     """Hooks on every conv / linear layer of `nets` that redo the layer's forward with autocast's
     weight cache off (so its weights are cast afresh) and note each layer whose output differs.
