@@ -84,6 +84,27 @@ def test_bf16_without_native_support_falls_back_and_says_so(monkeypatch, tmp_pat
     assert saved["resolved"]["precision"].startswith("float32 (bf16 asked, but this CPU has no native bf16")
 
 
+def _tiny_step(model: str, amp: str, sets: tuple[str, ...] = ()):
+    """A small `model` (TINY sizes, batch 8, contiguous; `sets` on top) and a function taking its
+    first training step on a fixed random batch under `amp`, as the trainer would."""
+    family = C.model_layer(model).get("family", "gan")
+    cfg = C.resolve(model, sets=[f"train.amp={amp}", "train.channels_last=off", "train.batch_size=8",
+                                 *TINY.get(family, []), *sets])
+    torch.manual_seed(0)
+    info = DataInfo("mnist", "image", (1, 28, 28), 10, binarized=family == "autoregressive")
+    fam = build_family(cfg, info, torch.device("cpu"))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (8 * fam.batches_per_step, 1, 28, 28), generator=g, dtype=torch.uint8)
+    if info.binarized:
+        x = (x > 127).to(torch.uint8) * 255
+
+    def step() -> dict:
+        torch.manual_seed(2)
+        with autocast(torch.device("cpu"), cfg.train.amp):
+            return fam.train_step((x, torch.zeros(len(x), dtype=torch.long)), 1)
+    return fam, step
+
+
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="oneDNN has no bf16 on this CPU")
 @pytest.mark.parametrize("model", _models_with_bf16_default())
 def test_bf16_step_agrees_with_float32_on_a_fixed_batch(monkeypatch, model):
@@ -91,21 +112,10 @@ def test_bf16_step_agrees_with_float32_on_a_fixed_batch(monkeypatch, model):
     8 bits of mantissa, ~0.4% per value; the batch means and the float32 loss sums stay close).
     Run wherever oneDNN computes bf16, emulated or native: the numbers are the same format."""
     monkeypatch.setattr(speed, "cpu_has_bf16", lambda: True)  # else a CPU without it would compare fp32 to fp32
-    family = C.model_layer(model).get("family", "gan")
     out, after = {}, {}
     for amp in ("off", "bf16"):
-        cfg = C.resolve(model, sets=[f"train.amp={amp}", "train.channels_last=off", "train.batch_size=8",
-                                     *TINY.get(family, [])])
-        torch.manual_seed(0)
-        info = DataInfo("mnist", "image", (1, 28, 28), 10, binarized=family == "autoregressive")
-        fam = build_family(cfg, info, torch.device("cpu"))
-        g = torch.Generator().manual_seed(1)
-        x = torch.randint(0, 256, (8 * fam.batches_per_step, 1, 28, 28), generator=g, dtype=torch.uint8)
-        if info.binarized:
-            x = (x > 127).to(torch.uint8) * 255
-        torch.manual_seed(2)
-        with autocast(torch.device("cpu"), cfg.train.amp):
-            out[amp] = {k: float(v) for k, v in fam.train_step((x, torch.zeros(len(x), dtype=torch.long)), 1).items()}
+        fam, step = _tiny_step(model, amp)
+        out[amp] = {k: float(v) for k, v in step().items()}
         after[amp] = dict(state_tensors(fam.state_dict()))
     for k, v in out["off"].items():
         assert out["bf16"][k] == pytest.approx(v, rel=0.05, abs=0.02), (model, k)
@@ -151,19 +161,12 @@ def test_bf16_forwards_in_a_step_use_the_current_weights(monkeypatch, model):
     the same step (WGAN-GP's second critic iteration) runs with the weights from before the update.
     GANs are built with two critic updates per step here, so there is such a forward to check."""
     monkeypatch.setattr(speed, "cpu_has_bf16", lambda: True)
-    family = C.model_layer(model).get("family", "gan")
-    sets = [s for s in TINY.get(family, []) if not s.startswith("gan.n_critic")]
-    sets += ["gan.n_critic=2"] if family == "gan" else []
-    cfg = C.resolve(model, sets=["train.amp=bf16", "train.channels_last=off", "train.batch_size=8", *sets])
-    torch.manual_seed(0)
-    info = DataInfo("mnist", "image", (1, 28, 28), 10, binarized=family == "autoregressive")
-    fam = build_family(cfg, info, torch.device("cpu"))
+    gan = C.model_layer(model).get("family", "gan") == "gan"
+    fam, step = _tiny_step(model, "bf16", ("gan.n_critic=2",) if gan else ())  # later sets win over TINY's
     calls, stale = _check_every_weighted_forward([v for v in vars(fam).values() if isinstance(v, torch.nn.Module)])
-    x = torch.randint(0, 256, (8 * fam.batches_per_step, 1, 28, 28), generator=torch.Generator().manual_seed(1),
-                      dtype=torch.uint8)
-    with autocast(torch.device("cpu"), cfg.train.amp):
-        fam.train_step((x, torch.zeros(len(x), dtype=torch.long)), 1)
+    step()
     assert calls[0] > 0 and not stale, (model, stale)
+
 
 # ----------------------------------------------------------------------------- sampling precision
 def _families():

@@ -98,10 +98,10 @@ class DenoiserFamily(FamilyBase):
     # 2.848 / 2.794 against float32's 2.834 / 2.792, and FID holds. channels_last since the UNet's
     # GroupNorm stopped using torch's slow bf16 channels_last kernel (nets/unet.py): training steps
     # ~4% and sampling ~13% faster, the same samples and the same weights after two default steps
-    # (to 1e-10). Sampling (--precision auto) stays float32 for ddpm: bf16 DDIM-50
-    # runs 2.3x faster on an AMX CPU but moved one trained run's FID by +0.23 / +0.26 (n = 2,000, two
-    # sampling seeds, which differ by 0.37): x0 = (x - s eps) / a magnifies eps's rounding at high
-    # noise. Flow matching samples in bf16 (its own declaration).
+    # (to 1e-10). Sampling (--precision auto) stays float32 for ddpm: bf16 DDIM-50 runs 2.3x faster
+    # on an AMX CPU but moved one trained run's FID by +0.23 / +0.26 (n = 2,000, two sampling seeds,
+    # which differ by 0.37): x0 = (x - s eps) / a magnifies eps's rounding at high noise. Flow
+    # matching samples in bf16 (its own declaration).
     speed: dict = {"image": {"amp": "bf16", "channels_last": True}}
 
     def _setup(self, cfg, info, device, what: str) -> None:
