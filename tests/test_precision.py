@@ -9,6 +9,7 @@ from genlab import registry, speed
 from genlab.data import DataInfo
 from genlab.errors import ConfigError
 from genlab.families.base import build_family
+from genlab.parallel.modules import to_channels_last
 from genlab.train import Trainer, autocast
 from statedicts import state_tensors  # tests/statedicts.py
 
@@ -18,7 +19,8 @@ POINTS = DataInfo("ring8", "points", (2,), 8)
 TINY = {"gan": ["gan.g_width=8", "gan.d_width=8", "gan.n_critic=1"],
         "autoregressive": ["autoregressive.width=8", "autoregressive.layers=2"],
         "prior": ["prior.vqvae=untrained", "prior.width=8", "prior.layers=2"],
-        "diffusion": ["diffusion.width=8"], "flow-matching": ["flow-matching.width=8"]}
+        "diffusion": ["diffusion.width=8"], "flow-matching": ["flow-matching.width=8"],
+        "cyclegan": ["cyclegan.g_width=4", "cyclegan.d_width=4", "cyclegan.n_blocks=1"]}
 
 
 def _models_with_bf16_default():
@@ -91,18 +93,37 @@ def _tiny_step(model: str, amp: str, sets: tuple[str, ...] = ()):
     cfg = C.resolve(model, sets=[f"train.amp={amp}", "train.channels_last=off", "train.batch_size=8",
                                  *TINY.get(family, []), *sets])
     torch.manual_seed(0)
-    info = DataInfo("mnist", "image", (1, 28, 28), 10, binarized=family == "autoregressive")
+    width = 56 if family == "cyclegan" else 28  # CycleGAN's rows are [A | B]
+    info = DataInfo(cfg.data.name, "image", (1, 28, width), 10, binarized=family == "autoregressive")
     fam = build_family(cfg, info, torch.device("cpu"))
     g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, 256, (8 * fam.batches_per_step, 1, 28, 28), generator=g, dtype=torch.uint8)
+    x = torch.randint(0, 256, (8 * fam.batches_per_step, 1, 28, width), generator=g, dtype=torch.uint8)
     if info.binarized:
         x = (x > 127).to(torch.uint8) * 255
+
+    if cfg.train.channels_last == "on":  # as the trainer hands batches over
+        x = to_channels_last(x)
 
     def step() -> dict:
         torch.manual_seed(2)
         with autocast(torch.device("cpu"), cfg.train.amp):
             return fam.train_step((x, torch.zeros(len(x), dtype=torch.long)), 1)
     return fam, step
+
+
+@pytest.mark.parametrize("model", registry.available("model"))  # all train on images
+def test_a_float32_step_gives_the_same_losses_in_channels_last(model):
+    """Every image model's first step on a fixed batch, contiguous and channels_last: the same logged
+    losses (float32 sums in another order). The nets change layouts on purpose in places (flatten,
+    normalisation, the generator's projection; genlab/nets/common.py::to_layout), gradient penalties
+    differentiate through those changes twice, and none of that may change a result."""
+    losses = {}
+    for layout in ("off", "on"):
+        fam, step = _tiny_step(model, "off", (f"train.channels_last={layout}",))
+        losses[layout] = {k: float(v) for k, v in step().items()}
+    assert losses["on"].keys() == losses["off"].keys()
+    for k, v in losses["off"].items():
+        assert losses["on"][k] == pytest.approx(v, rel=1e-4, abs=1e-5), (model, k)
 
 
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="oneDNN has no bf16 on this CPU")

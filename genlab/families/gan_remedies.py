@@ -101,6 +101,17 @@ def _start_state(opt: torch.optim.Optimizer, p: nn.Parameter) -> tuple[dict, dic
             "exp_avg_sq": state["exp_avg_sq"].detach().clone()}, group
 
 
+def _strided_like(p: Tensor, stepped: Tensor) -> Tensor:
+    """`stepped` (differentiably) with p's strides. Elementwise ops on weights and gradients of
+    different layouts may return either layout, and a conv weight of one input channel is both
+    layouts at once, told apart by its strides alone: had the first conv's weight lost its
+    channels_last strides, its output and every map after it would turn contiguous against the
+    channels_last weights of the later layers, mixed layouts that run torch's slow paths."""
+    if stepped.stride() == p.stride():
+        return stepped
+    return torch.empty_like(p).copy_(stepped)
+
+
 class LookAhead:
     """The discriminator k optimizer steps ahead, as a differentiable function of the fakes.
 
@@ -137,7 +148,8 @@ class LookAhead:
             grads = torch.autograd.grad(opt.scale(d_loss), list(params.values()), create_graph=True)
             for (n, p), g in zip(list(params.items()), grads):
                 g = all_reduce_sum(g / ones, grad=True) / size
-                params[n], states[n] = self.inner(p, g, states[n], groups[n])
+                stepped, states[n] = self.inner(p, g, states[n], groups[n])
+                params[n] = _strided_like(p, stepped)
         return self._critic(D, params, fixed, buffers)
 
     @staticmethod

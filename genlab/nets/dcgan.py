@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import register
-from .common import MinibatchStd, apply_spectral_norm, make_norm, num_halvings
+from .common import Flatten, MinibatchStd, apply_spectral_norm, make_norm, num_halvings, to_layout_of
 
 
 @register("net", "dcgan-g", role="generator", data=("image",))
@@ -32,7 +32,7 @@ class DCGANGenerator(nn.Module):
         self.to_image = nn.Conv2d(ch, channels, 3, 1, 1)
 
     def forward(self, z: Tensor) -> Tensor:
-        return torch.tanh(self.to_image(self.blocks(self.project(z))))
+        return torch.tanh(self.to_image(self.blocks(to_layout_of(self.project(z), self.blocks))))
 
 
 @register("net", "dcgan-d", role="discriminator", data=("image",), output="score", options=("minibatch_std",))
@@ -53,7 +53,7 @@ class DCGANDiscriminator(nn.Module):
             ch *= 2
         if minibatch_std:  # no parameters: the state_dict keys are those of the plain net
             layers.append(MinibatchStd(minibatch_std))
-        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.features = nn.Sequential(*layers, Flatten())
         self.head = nn.Linear((ch + (1 if minibatch_std else 0)) * base * base, 1)
         if spectral_norm:
             apply_spectral_norm(self)

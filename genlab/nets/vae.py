@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import register
-from .common import num_halvings
+from .common import Flatten, num_halvings, to_layout_of
 
 
 def _halvings(size: int, asked: int | None) -> int:
@@ -51,7 +51,7 @@ class VAEEncoder(nn.Module):
         for _ in range(k):
             layers += [nn.Conv2d(ch_in, ch, 4, 2, 1), nn.ELU(), nn.Conv2d(ch, ch, 3, 1, 1), nn.ELU()]
             ch_in, ch = ch, ch * 2
-        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.features = nn.Sequential(*layers, Flatten())
         self.head = nn.Linear(ch_in * base * base, 2 * latent_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -80,7 +80,7 @@ class VAEDecoder(nn.Module):
         self.out = nn.Conv2d(ch, channels * params, 3, 1, 1)
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.out(self.blocks(self.project(z)))
+        return self.out(self.blocks(to_layout_of(self.project(z), self.blocks)))
 
 
 # ----------------------------------------------------------------------------- VQ-VAE nets

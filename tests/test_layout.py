@@ -1,0 +1,72 @@
+"""Memory-format helpers of the nets (genlab/nets/common.py): layout changes that hand gradients back
+in the layout each side saved, and the instance norm computed by group norm's kernel. They must
+compute exactly what the plain torch ops compute; only the layouts differ."""
+import pytest
+import torch
+from torch import nn
+
+from genlab.nets.common import Flatten, is_channels_last, make_norm, to_layout
+
+CL = torch.channels_last
+
+
+def _map(channels_last: bool, dtype=torch.float64, shape=(3, 4, 5, 6)) -> torch.Tensor:
+    x = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    return x.contiguous(memory_format=CL if channels_last else torch.contiguous_format).requires_grad_()
+
+
+@pytest.mark.parametrize("src, dst", [(True, False), (False, True)])
+def test_to_layout_is_the_identity_twice_differentiable_with_the_gradient_in_the_inputs_layout(src, dst):
+    x = _map(src)
+    y = to_layout(x, dst)
+    assert torch.equal(y, x) and is_channels_last(y) == dst
+    (g,) = torch.autograd.grad(y, x, torch.randn_like(y))
+    assert is_channels_last(g) == src  # what the op that made x saved, so its backward stays vectorised
+    # a gradient penalty differentiates the backward again
+    assert torch.autograd.gradcheck(lambda t: to_layout(t, dst) * t, (x,))
+    assert torch.autograd.gradgradcheck(lambda t: to_layout(t, dst) * t, (x,))
+
+
+def test_to_layout_leaves_a_tensor_already_so_alone():
+    x = _map(False)
+    assert to_layout(x, False) is x
+    flat = torch.randn(3, 4)
+    assert to_layout(flat, True) is flat
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_flatten_is_nn_flatten_with_the_gradient_in_the_inputs_layout(channels_last):
+    x = _map(channels_last)
+    w = torch.randn(4 * 5 * 6, dtype=torch.float64)
+    ours, theirs = Flatten()(x), nn.Flatten()(x)
+    assert torch.equal(ours, theirs)
+    (g_ours,) = torch.autograd.grad((ours * w).sum(), x)
+    (g_theirs,) = torch.autograd.grad((theirs * w).sum(), x)
+    assert torch.equal(g_ours, g_theirs) and is_channels_last(g_ours) == channels_last
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_the_instance_norm_is_torchs_instance_norm(channels_last, amp):
+    """make_norm('instance') is group norm with one group per channel: the function, the gradients
+    and the state_dict of nn.InstanceNorm2d(affine=True), so older checkpoints load."""
+    if amp == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("oneDNN has no bf16 on this CPU")
+    torch.manual_seed(0)
+    theirs = nn.InstanceNorm2d(4, affine=True)
+    with torch.no_grad():
+        theirs.weight.uniform_(0.5, 1.5), theirs.bias.uniform_(-0.5, 0.5)
+    ours = make_norm("instance", 4)
+    ours.load_state_dict(theirs.state_dict())  # strict: the same keys
+    x = _map(channels_last, torch.float32, (8, 4, 7, 7))
+    out, grads = {}, {}
+    for name, norm in (("ours", ours), ("theirs", theirs)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+            y = norm(x.to(torch.bfloat16) if amp == "bf16" else x)  # as a conv's output reaches it
+        out[name] = y.float()
+        grads[name] = torch.autograd.grad((y.float() * torch.arange(y.numel()).view_as(y).sin()).sum(),
+                                          (x, norm.weight, norm.bias))
+    tol = dict(rtol=1e-5, atol=1e-5) if amp == "off" else dict(rtol=2e-2, atol=2e-2)
+    assert torch.allclose(out["ours"], out["theirs"], **tol)
+    for a, b in zip(grads["ours"], grads["theirs"]):
+        assert torch.allclose(a.float(), b.float(), **tol)
