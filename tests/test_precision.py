@@ -6,7 +6,7 @@ import torch
 
 from genlab import config as C
 from genlab import registry, speed
-from genlab.data import DataInfo
+from genlab.data import DataInfo, load_dataset
 from genlab.errors import ConfigError
 from genlab.families.base import build_family
 from genlab.parallel.modules import to_channels_last
@@ -87,20 +87,19 @@ def test_bf16_without_native_support_falls_back_and_says_so(monkeypatch, tmp_pat
 
 
 def _tiny_step(model: str, amp: str, sets: tuple[str, ...] = ()):
-    """A small `model` (TINY sizes, batch 8, contiguous; `sets` on top) and a function taking its
-    first training step on a fixed random batch under `amp`, as the trainer would."""
+    """A small `model` (TINY sizes, batch 8, contiguous unless `sets`, applied last, say otherwise)
+    and a function taking its first training step on a fixed random batch shaped like its dataset's
+    images, under `amp`, as the trainer would."""
     family = C.model_layer(model).get("family", "gan")
     cfg = C.resolve(model, sets=[f"train.amp={amp}", "train.channels_last=off", "train.batch_size=8",
                                  *TINY.get(family, []), *sets])
+    info = load_dataset(cfg.data, "test").info  # bundled: mnist, or mnist-pair's [A | B] rows
     torch.manual_seed(0)
-    width = 56 if family == "cyclegan" else 28  # CycleGAN's rows are [A | B]
-    info = DataInfo(cfg.data.name, "image", (1, 28, width), 10, binarized=family == "autoregressive")
     fam = build_family(cfg, info, torch.device("cpu"))
     g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, 256, (8 * fam.batches_per_step, 1, 28, width), generator=g, dtype=torch.uint8)
+    x = torch.randint(0, 256, (8 * fam.batches_per_step, *info.shape), generator=g, dtype=torch.uint8)
     if info.binarized:
         x = (x > 127).to(torch.uint8) * 255
-
     if cfg.train.channels_last == "on":  # as the trainer hands batches over
         x = to_channels_last(x)
 

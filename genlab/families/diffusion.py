@@ -96,7 +96,7 @@ class DenoiserFamily(FamilyBase):
     # over two seeds; flow matching +0.048): the UNet's first conv rounded x_t to bf16, and at small t
     # eps lives below bf16's resolution. With that conv in float32 (nets/unet.py) two ddpm seeds score
     # 2.848 / 2.794 against float32's 2.834 / 2.792, and FID holds. channels_last since the UNet's
-    # GroupNorm stopped using torch's slow bf16 channels_last kernel (nets/unet.py): training steps
+    # GroupNorm stopped using torch's slow bf16 channels_last kernel (nets/common.py): training steps
     # ~4% and sampling ~13% faster, the same samples and the same weights after two default steps
     # (to 1e-10). Sampling (--precision auto) stays float32 for ddpm: bf16 DDIM-50 runs 2.3x faster
     # on an AMX CPU but moved one trained run's FID by +0.23 / +0.26 (n = 2,000, two sampling seeds,

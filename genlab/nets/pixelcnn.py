@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import register
+from .common import is_channels_last
 
 
 def channel_groups(n: int, colours: int, halves: int = 1) -> Tensor:
@@ -156,7 +157,7 @@ class GatedLayer(nn.Module):
     @staticmethod
     def _gate(x: Tensor) -> Tensor:
         a, b = x.chunk(2, dim=1)
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        if is_channels_last(x):
             # a channel half of a channels_last map is strided, and tanh / sigmoid on it run several
             # times slower than on a dense copy (bf16 sigmoid: 3.0 vs 0.6 ms at 64x32x28x28)
             a, b = (t.contiguous(memory_format=torch.channels_last) for t in (a, b))
