@@ -138,11 +138,6 @@ def images_per_sec(model: str, variants: list[str], steps: int, repeats: int, wa
     return {v: statistics.median(r) for v, r in rates.items()}
 
 
-def applicable(model: str, variant: str) -> bool:
-    cfg = C.resolve(model, sets=SPECIAL.get(model, []))
-    return not ("bf16" in variant and cfg.family == "flow")  # flows keep exact float32 log-determinants
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="all")
@@ -166,7 +161,7 @@ def main() -> None:
           f"{'% fp32 pk':>11}{'% bf16 pk':>11}  shipped default, as resolved here")
     for model in models:
         flops = flops_per_step(model)
-        variants = [v for v in args.variants.split(",") if applicable(model, v)]
+        variants = args.variants.split(",")
         rates = images_per_sec(model, variants, args.steps, args.repeats)
         shipped, _, _, images = setup(model, "default")  # what `auto` resolves to on this machine
         base = None

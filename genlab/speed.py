@@ -92,9 +92,6 @@ def sampling_amp(family_cls, kind: str, device, asked: str = "auto") -> tuple[st
     and why)."""
     if asked not in SAMPLE_PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(SAMPLE_PRECISIONS)}, got {asked!r}")
-    if asked == "bf16" and family_cls.float32_only:
-        raise ConfigError(f"--precision bf16: this family computes in float32 ({family_cls.float32_only}); "
-                          "use --precision float32")
     want = family_cls.speed.get(kind, {}).get("sample", "float32") if asked == "auto" else asked
     if want == "bf16" and not native("bf16", torch.device(device)):
         why = " (bf16 asked, but this CPU has no native bf16)" if asked == "bf16" else ""
@@ -114,9 +111,6 @@ def resolve(cfg, family_cls, info, device: torch.device) -> None:
     t = cfg.train
     defaults = family_cls.speed.get(info.kind, {})
     asked_amp = t.amp
-    if family_cls.float32_only and asked_amp not in ("auto", "off"):
-        raise ConfigError(f"the {cfg.family} family trains in float32 ({family_cls.float32_only}): "
-                          f"train.amp={asked_amp} is not supported (set train.amp=off)")
     amp = defaults.get("amp", "off") if t.amp == "auto" else t.amp
     note = ""
     if amp == "bf16" and not native(amp, torch.device(device)):

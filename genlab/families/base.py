@@ -83,9 +83,6 @@ class FamilyBase:
     sample_options: tuple[SampleOption, ...] = ()
     # measured CPU defaults per data kind for train.amp / channels_last = auto (genlab/speed.py)
     speed: dict[str, dict] = {}
-    # why the family trains in float32 whatever the hardware ("" = any precision): train.amp=bf16/fp16
-    # is refused by speed.resolve before any hardware fallback, so the refusal is the same on every machine
-    float32_only: str = ""
     # test images `genlab eval` scores likelihood / reconstruction on when --n-test is not given
     # (None: as many as --n); for families whose likelihood is expensive per image
     eval_n_test: int | None = None
