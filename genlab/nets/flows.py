@@ -164,9 +164,9 @@ class ZeroConv2d(nn.Module):
 
 def _scaled_conv(conv: nn.Conv2d, x: Tensor, scale: Tensor, shift: Tensor | None = None) -> Tensor:
     """(conv(x) + shift) * scale per output channel, computed as a conv with weight * scale and
-    bias (bias + shift) * scale."""
-    bias = conv.bias if shift is None else shift if conv.bias is None else conv.bias + shift
-    return F.conv2d(x, conv.weight * scale[:, None, None, None], None if bias is None else bias * scale,
+    bias (bias + shift) * scale (the flows' convs all have a bias)."""
+    bias = conv.bias if shift is None else conv.bias + shift
+    return F.conv2d(x, conv.weight * scale[:, None, None, None], bias * scale,
                     conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
