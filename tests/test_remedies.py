@@ -14,7 +14,7 @@ from genlab import config as C
 from genlab.data import DataInfo
 from genlab.errors import ConfigError
 from genlab.families.base import build_family
-from genlab.families.gan_remedies import Packing, _adam_step, _sgd_step, _start_state, check_batch
+from genlab.families.gan_remedies import Packing, _adam_step, _sgd_step, _start_state, _strided_like, check_batch
 from genlab.nets.common import MinibatchStd
 from genlab.registry import available, get
 from genlab.train import Trainer
@@ -371,6 +371,49 @@ def test_sgd_lookahead_is_one_gradient_step():
     first_order = fake0.clone().requires_grad_(True)
     fam.loss.g_loss(functional_call(fam.D, {n: p.detach() for n, p in stepped.items()}, (first_order,))).backward()
     assert not torch.allclose(fake.grad, first_order.grad, atol=1e-7)
+
+
+def test_strided_like_gives_a_weight_its_strides_and_its_gradient_too():
+    """A conv weight of one input channel is contiguous and channels_last at once, told apart by its
+    strides only; the look-ahead keeps the stepped weight's and its gradient's strides."""
+    like = torch.randn(8, 4, 4, 1).permute(0, 3, 1, 2)  # channels_last strides; .contiguous(...) keeps (16, 16, 4, 1)
+    x = torch.randn(8, 1, 4, 4, requires_grad=True)
+    assert like.stride() != x.stride()
+    y = _strided_like(like, x)
+    g = torch.randn(8, 1, 4, 4)
+    (gx,) = torch.autograd.grad(y, x, g)
+    assert y.stride() == like.stride() and torch.equal(y, x)
+    assert gx.stride() == like.stride() and torch.equal(gx, g)
+
+
+def test_channels_last_lookahead_keeps_every_conv_map_channels_last():
+    """The unrolled GAN on images in channels_last: every multi-channel map a convolution returns in
+    the look-ahead and in the generator's second-order backward through it is channels_last. A
+    contiguous one (the double backward's conv of the 1-channel input with a contiguous-strided
+    gradient of the first weight did) mixes layouts, which run torch's slow CPU kernels."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    cfg = C.resolve("unrolled-gan", sets=["gan.g_width=8", "gan.d_width=8", "gan.unroll=2", "train.batch_size=4",
+                                          "train.channels_last=on", "train.amp=off"])
+    torch.manual_seed(0)
+    fam = build_family(cfg, DataInfo("mnist", "image", (1, 28, 28), 10), CPU)
+    real = torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    fake = torch.randn(4, 1, 28, 28, requires_grad=True)
+
+    class ConvLayouts(TorchDispatchMode):
+        maps: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket in (torch.ops.aten.convolution, torch.ops.aten.convolution_backward):
+                for t in (out if isinstance(out, tuple) else (out,)):
+                    if torch.is_tensor(t) and t.dim() == 4 and t.shape[0] == 4 and t.shape[1] > 1:
+                        self.maps.append(t.is_contiguous(memory_format=torch.channels_last))
+            return out
+
+    with ConvLayouts() as seen:
+        fam.loss.g_loss(fam.lookahead(fam.D, fam.opt_d, real, fake)(fake)).backward()
+    assert len(seen.maps) > 20 and all(seen.maps), f"{seen.maps.count(False)} of {len(seen.maps)} maps contiguous"
 
 
 # ----------------------------------------------------------------------------- 5. with other losses

@@ -32,6 +32,25 @@ def test_quantizer_picks_the_nearest_code():
     torch.testing.assert_close(out.z_q.permute(0, 2, 3, 1).reshape(-1, 3), vq.embed.detach()[brute])
 
 
+def test_nearest_code_matches_float64_distances_at_the_default_size():
+    """The default codebook (512 x 16) on a batch's 3136 encoder outputs: the one-matmul scores pick
+    the float64 brute-force nearest code wherever the two nearest differ by more than float32 noise,
+    and a duplicated code loses the tie to its first copy, as argmin does."""
+    g = torch.Generator().manual_seed(5)
+    vq = VectorQuantizer(n_codes=512, dim=16).eval()
+    with torch.no_grad():
+        vq.embed.copy_(torch.randn(512, 16, generator=g))
+        vq.embed[300] = vq.embed[7]  # a tie: the first minimum (code 7) must win
+    flat = torch.randn(3136, 16, generator=g)
+    flat[:10] = vq.embed.detach()[7] + 1e-3 * torch.randn(10, 16, generator=g)
+    d = torch.cdist(flat.double(), vq.embed.detach().double()) ** 2
+    top2 = d.topk(2, largest=False).values
+    clear = (top2[:, 1] - top2[:, 0]) > 1e-4 * top2[:, 1]
+    codes = vq.nearest(flat)
+    assert clear.sum() > 3000 and torch.equal(codes[clear], d.argmin(1)[clear])
+    assert torch.equal(codes[:10], torch.full((10,), 7))
+
+
 def test_quantizer_stays_float32_under_bf16_autocast():
     """Nearest codes and the EMA codebook update are computed in float32 whatever the autocast: bf16
     distances pick other codes for close vectors (many here: 512 codes of 16 dims)."""

@@ -72,9 +72,14 @@ class VectorQuantizer(nn.Module):
     # ------------------------------------------------------------------ lookup
     def nearest(self, flat: Tensor) -> Tensor:
         """(N, D) -> (N,) index of the nearest code (squared Euclidean distance)."""
+        # ||x||^2 is the same for every code of a row, so the ranking needs ||e||^2 - 2 x.e only, and
+        # [x, 1] . [-2e, ||e||^2] gives it in one matmul: the (N, K) scores are written once and read
+        # once (the three-term sum took 5 passes over them). min's indices are argmin's (the first
+        # minimum on ties) at under half its cost on CPU (3136 x 512: 0.64 against 1.48 ms).
         e = self.embed.detach()
-        d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)[None]
-        return d.argmin(1)
+        rows = torch.cat([flat, flat.new_ones(len(flat), 1)], 1)
+        codes = torch.cat([-2 * e, e.pow(2).sum(1, keepdim=True)], 1)
+        return (rows @ codes.t()).min(1).indices
 
     def codes_of(self, z_e: Tensor) -> Tensor:
         b, d, h, w = z_e.shape
@@ -113,8 +118,10 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, flat: Tensor, codes: Tensor, counts: Tensor) -> None:
-        onehot = F.one_hot(codes, self.n_codes).to(flat.dtype)  # (N, K)
-        sums = all_reduce_sum(onehot.t() @ flat)  # assigned sums over the global batch
+        # index_add_ sums the assigned rows directly: a one-hot (N, K) matmul wrote and read an
+        # N x K int64 and float matrix (~19 MB at batch 64) to add N x D numbers
+        sums = flat.new_zeros(self.n_codes, self.dim).index_add_(0, codes, flat)
+        sums = all_reduce_sum(sums)  # assigned sums over the global batch
         self.cluster_size.mul_(self.decay).add_(counts.to(flat.dtype), alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n = self.cluster_size.sum()
