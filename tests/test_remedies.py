@@ -401,7 +401,9 @@ def test_channels_last_lookahead_keeps_every_conv_map_channels_last():
     fake = torch.randn(4, 1, 28, 28, requires_grad=True)
 
     class ConvLayouts(TorchDispatchMode):
-        maps: list = []
+        def __init__(self):
+            super().__init__()
+            self.maps = []  # per multi-channel conv output: is it channels_last?
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
