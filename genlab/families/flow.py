@@ -74,8 +74,8 @@ def discretization_nats(dims: int, n_bits: int) -> float:
 class FlowFamily(FamilyBase):
     Options = FlowOptions
     capabilities = frozenset({"sample", "log_likelihood"})
-    # bf16 reaches only the coupling nets (nets/flows.py): 1.82x (glow) / 2.22x (realnvp) the float32
-    # baseline with channels_last, test bits/dim no worse than float32's over the seeds (README)
+    # bf16 reaches only the coupling nets (nets/flows.py): 2.09x (glow) / 2.22x (realnvp) the float32
+    # baseline's step with channels_last, test bits/dim no worse than float32's over the seeds (README)
     speed = {"image": {"amp": "bf16", "channels_last": True}}
     sample_options = (SampleOption("temperature", float, "Sampling temperature: scale of the latent noise, "
                                                         "e.g. 0.7 (default: flow.temperature)"),)
