@@ -117,6 +117,28 @@ def test_a_float32_step_gives_the_same_losses_in_channels_last(model):
         assert losses["on"][k] == pytest.approx(v, rel=1e-4, abs=1e-5), (model, k)
 
 
+@pytest.mark.parametrize("model", registry.available("model"))
+def test_a_compiled_step_gives_the_same_losses(monkeypatch, model):
+    """`train.compile=true` on every model: each net a step calls becomes torch.compile's wrapper, which
+    a family must use as it uses the net (`net or self.net` once asked a compiled PixelCNN for its
+    len() and crashed). Dynamo traces every forward for real; its eager backend runs the captured
+    graphs without inductor's C++ build, which tests/test_train.py's compile test runs."""
+    real, wrapped = torch.compile, []
+
+    def compile_eagerly(net, **kwargs):
+        wrapped.append(type(net).__name__)
+        return real(net, backend="eager")
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    losses = {}
+    for compiled in ("false", "true"):
+        fam, step = _tiny_step(model, "off", (f"train.compile={compiled}",))
+        losses[compiled] = {k: float(v) for k, v in step().items()}
+    assert wrapped, f"{model}: nothing was compiled"
+    assert losses["true"].keys() == losses["false"].keys()
+    for k, v in losses["false"].items():
+        assert losses["true"][k] == pytest.approx(v, rel=1e-4, abs=1e-5), (model, k)
+
+
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="oneDNN has no bf16 on this CPU")
 @pytest.mark.parametrize("model", registry.available("model"))
 def test_bf16_step_agrees_with_float32_on_a_fixed_batch(monkeypatch, model):

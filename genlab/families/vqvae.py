@@ -259,7 +259,7 @@ class PriorFamily(FamilyBase):
 
     def nll(self, codes: Tensor, net: nn.Module | None = None) -> Tensor:
         """-log p(code map) in nats per map (B,)."""
-        logits = (net or self.net)(codes[:, None])[:, 0]  # (B, K, h, w)
+        logits = (self.net if net is None else net)(codes[:, None])[:, 0]  # (B, K, h, w)
         return F.cross_entropy(logits.float(), codes, reduction="none").flatten(1).sum(1)
 
     def train_step(self, batch, step: int) -> dict[str, Tensor]:
