@@ -1,11 +1,13 @@
-"""Memory-format helpers of the nets (genlab/nets/common.py): layout changes that hand gradients back
-in the layout each side saved, and the instance norm computed by group norm's kernel. They must
-compute exactly what the plain torch ops compute; only the layouts differ."""
+"""Memory-format and speed helpers of the nets (genlab/nets/common.py): layout changes that hand
+gradients back in the layout each side saved, the instance norm computed by group norm's kernel, the
+transposed convolution whose bias gradient is a separate sum. They must compute exactly what the
+plain torch ops compute; only the layouts and the kernels differ."""
 import pytest
 import torch
 from torch import nn
 
-from genlab.nets.common import Flatten, is_channels_last, make_norm, to_layout
+from genlab.nets.common import ConvTranspose2d, Flatten, is_channels_last, make_norm, to_layout
+from genlab.nets.common import _ConvTransposeSummedBias
 
 CL = torch.channels_last
 
@@ -70,3 +72,50 @@ def test_the_instance_norm_is_torchs_instance_norm(channels_last, amp):
     assert torch.allclose(out["ours"], out["theirs"], **tol)
     for a, b in zip(grads["ours"], grads["theirs"]):
         assert torch.allclose(a.float(), b.float(), **tol)
+
+
+CONV_T = [dict(kernel_size=4, stride=2, padding=1), dict(kernel_size=3, stride=2, padding=1, output_padding=1)]
+
+
+@pytest.mark.parametrize("conv", CONV_T)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_the_transposed_conv_is_torchs_with_its_bias_gradient_summed_in_bf16(conv, channels_last, amp):
+    """The same parameters (strict state_dict), outputs and gradients as nn.ConvTranspose2d; in bf16
+    the bias gradient comes from the separate sum (the grad_fn says which path ran)."""
+    if amp == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("oneDNN has no bf16 on this CPU")
+    torch.manual_seed(0)
+    theirs = nn.ConvTranspose2d(6, 5, **conv)
+    ours = ConvTranspose2d(6, 5, **conv)
+    ours.load_state_dict(theirs.state_dict())
+    x = _map(channels_last, torch.float32, (8, 6, 7, 7))
+    out, grads = {}, {}
+    for name, net in (("ours", ours), ("theirs", theirs)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+            y = net(x.to(torch.bfloat16) if amp == "bf16" else x)  # as the layer before hands it over
+        out[name] = y
+        grads[name] = torch.autograd.grad((y.float() * torch.arange(y.numel()).view_as(y).sin()).sum(),
+                                          (x, net.weight, net.bias))
+    summed = type(out["ours"].grad_fn).__name__.startswith("_ConvTransposeSummedBias")
+    assert summed == (amp == "bf16"), type(out["ours"].grad_fn).__name__
+    assert out["ours"].dtype == out["theirs"].dtype and torch.equal(out["ours"], out["theirs"])
+    assert is_channels_last(out["ours"]) == is_channels_last(out["theirs"])
+    tol = dict(rtol=1e-5, atol=1e-5) if amp == "off" else dict(rtol=1e-2, atol=1e-2)  # bias: sums in bf16
+    for a, b in zip(grads["ours"], grads["theirs"]):
+        assert a.dtype == b.dtype and torch.allclose(a, b, **tol)
+    with torch.no_grad():  # sampling: torch's own path, the bias inside the convolution
+        assert torch.equal(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("conv", CONV_T)
+def test_the_summed_bias_transposed_conv_is_twice_differentiable(conv):
+    """Its backward is made of differentiable ops, so a second backward goes through it."""
+    x = _map(False, shape=(2, 3, 4, 4))
+    w = torch.randn(3, 2, conv["kernel_size"], conv["kernel_size"], dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    args = (conv["stride"], conv["padding"], conv.get("output_padding", 0), 1, 1)
+    f = lambda x, w, b: _ConvTransposeSummedBias.apply(x, w, b, *args)  # noqa: E731
+    assert torch.equal(f(x, w, b), nn.functional.conv_transpose2d(x, w, b, args[0], args[1], args[2]))
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))

@@ -21,7 +21,7 @@ from typing import NamedTuple
 from torch import Tensor, nn
 
 from ..registry import register
-from .common import apply_spectral_norm, make_norm, num_halvings
+from .common import ConvTranspose2d, apply_spectral_norm, make_norm, num_halvings
 
 
 class Energy(NamedTuple):
@@ -51,9 +51,9 @@ class AutoencoderDiscriminator(nn.Module):
             ch *= 2
         dec: list[nn.Module] = []
         for _ in range(k - 1):
-            dec += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1), make_norm(norm, ch // 2), nn.ReLU(True)]
+            dec += [ConvTranspose2d(ch, ch // 2, 4, 2, 1), make_norm(norm, ch // 2), nn.ReLU(True)]
             ch //= 2
-        dec += [nn.ConvTranspose2d(ch, channels, 4, 2, 1), nn.Tanh()]
+        dec += [ConvTranspose2d(ch, channels, 4, 2, 1), nn.Tanh()]
         self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
         if spectral_norm:
             apply_spectral_norm(self)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..registry import register
-from .common import apply_spectral_norm, make_norm
+from .common import ConvTranspose2d, apply_spectral_norm, make_norm
 
 
 def _halvings(n: int) -> int:
@@ -65,7 +65,7 @@ class CycleGANGenerator(nn.Module):
             ch *= 2
         layers += [ResBlock(ch, norm) for _ in range(n_blocks)]
         for _ in range(d):
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 3, 2, 1, output_padding=1), make_norm(norm, ch // 2),
+            layers += [ConvTranspose2d(ch, ch // 2, 3, 2, 1, output_padding=1), make_norm(norm, ch // 2),
                        nn.ReLU(True)]
             ch //= 2
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, channels, 7), nn.Tanh()]

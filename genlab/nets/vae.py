@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import register
-from .common import Flatten, num_halvings, to_layout_of
+from .common import ConvTranspose2d, Flatten, num_halvings, to_layout_of
 
 
 def _halvings(size: int, asked: int | None) -> int:
@@ -74,7 +74,7 @@ class VAEDecoder(nn.Module):
         ch = top
         for i in range(k):
             out = ch // 2 if i < k - 1 else width
-            layers += [nn.Conv2d(ch, ch, 3, 1, 1), nn.ELU(), nn.ConvTranspose2d(ch, out, 4, 2, 1), nn.ELU()]
+            layers += [nn.Conv2d(ch, ch, 3, 1, 1), nn.ELU(), ConvTranspose2d(ch, out, 4, 2, 1), nn.ELU()]
             ch = out
         self.blocks = nn.Sequential(*layers)
         self.out = nn.Conv2d(ch, channels * params, 3, 1, 1)
@@ -133,7 +133,7 @@ class VQDecoder(nn.Module):
         for i in range(k):
             last = i == k - 1
             ch = channels * params if last else max(width // 2, 8)
-            layers += [nn.ConvTranspose2d(ch_in, ch, 4, 2, 1)] + ([] if last else [nn.ReLU()])
+            layers += [ConvTranspose2d(ch_in, ch, 4, 2, 1)] + ([] if last else [nn.ReLU()])
             ch_in = ch
         self.net = nn.Sequential(*layers)
 
