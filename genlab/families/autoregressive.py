@@ -74,7 +74,8 @@ class AutoregressiveFamily(FamilyBase):
     def nll(self, x_uint8: Tensor, y: Tensor | None = None, net: torch.nn.Module | None = None) -> Tensor:
         """Exact negative log-likelihood in nats, per image (sum over pixels and colours)."""
         t = pixel_targets(x_uint8, self.info)
-        logits = (self.net if net is None else net)(targets_to_unit(t, self.values), self._labels(y))  # (B, C, V, H, W)
+        net = self.net if net is None else net  # not `net or`: a compiled net has no truth value
+        logits = net(targets_to_unit(t, self.values), self._labels(y))  # (B, C, V, H, W)
         per_pixel = F.cross_entropy(logits.float().transpose(1, 2), t, reduction="none")  # (B, C, H, W)
         return per_pixel.flatten(1).sum(1)
 

@@ -259,7 +259,8 @@ class PriorFamily(FamilyBase):
 
     def nll(self, codes: Tensor, net: nn.Module | None = None) -> Tensor:
         """-log p(code map) in nats per map (B,)."""
-        logits = (self.net if net is None else net)(codes[:, None])[:, 0]  # (B, K, h, w)
+        net = self.net if net is None else net  # not `net or`: a compiled net has no truth value
+        logits = net(codes[:, None])[:, 0]  # (B, K, h, w)
         return F.cross_entropy(logits.float(), codes, reduction="none").flatten(1).sum(1)
 
     def train_step(self, batch, step: int) -> dict[str, Tensor]:
