@@ -49,7 +49,11 @@ class VAEEncoder(nn.Module):
         layers: list[nn.Module] = []
         ch_in, ch = channels, width
         for _ in range(k):
-            layers += [nn.Conv2d(ch_in, ch, 4, 2, 1), nn.ELU(), nn.Conv2d(ch, ch, 3, 1, 1), nn.ELU()]
+            # ELU in place after a conv (whose backward does not need its output): its backward then
+            # reads its result, grad * (y + 1), instead of taking exp again (conv + ELU on a
+            # 64x16x28x28 bf16 map, forward + backward: 2.31 -> 1.78 ms)
+            layers += [nn.Conv2d(ch_in, ch, 4, 2, 1), nn.ELU(inplace=True), nn.Conv2d(ch, ch, 3, 1, 1),
+                       nn.ELU(inplace=True)]
             ch_in, ch = ch, ch * 2
         self.features = nn.Sequential(*layers, Flatten())
         self.head = nn.Linear(ch_in * base * base, 2 * latent_dim)
@@ -74,7 +78,8 @@ class VAEDecoder(nn.Module):
         ch = top
         for i in range(k):
             out = ch // 2 if i < k - 1 else width
-            layers += [nn.Conv2d(ch, ch, 3, 1, 1), nn.ELU(), ConvTranspose2d(ch, out, 4, 2, 1), nn.ELU()]
+            layers += [nn.Conv2d(ch, ch, 3, 1, 1), nn.ELU(inplace=True), ConvTranspose2d(ch, out, 4, 2, 1),
+                       nn.ELU(inplace=True)]  # in place: as in the encoder
             ch = out
         self.blocks = nn.Sequential(*layers)
         self.out = nn.Conv2d(ch, channels * params, 3, 1, 1)
