@@ -1,13 +1,14 @@
 """Memory-format and speed helpers of the nets (genlab/nets/common.py): layout changes that hand
 gradients back in the layout each side saved, the instance norm computed by group norm's kernel, the
-transposed convolution whose bias gradient is a separate sum. They must compute exactly what the
+transposed convolution whose bias gradient is a separate sum, the batch norm whose second backward
+is written out. They must compute exactly what the
 plain torch ops compute; only the layouts and the kernels differ."""
 import pytest
 import torch
 from torch import nn
 
-from genlab.nets.common import ConvTranspose2d, Flatten, is_channels_last, make_norm, to_layout
-from genlab.nets.common import _ConvTransposeSummedBias
+from genlab.nets.common import BatchNorm2d, ConvTranspose2d, Flatten, is_channels_last, make_norm, to_layout
+from genlab.nets.common import _BatchNormTrain, _ConvTransposeSummedBias
 
 CL = torch.channels_last
 
@@ -119,3 +120,67 @@ def test_the_summed_bias_transposed_conv_is_twice_differentiable(conv):
     assert torch.equal(f(x, w, b), nn.functional.conv_transpose2d(x, w, b, args[0], args[1], args[2]))
     assert torch.autograd.gradcheck(f, (x, w, b))
     assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+def _first_and_second_order(net: nn.Module, x: torch.Tensor, amp: str):
+    """The layer's output; its first-order gradients (x, weight, bias) as a training step takes them,
+    and again with create_graph; the gradients (x, weight) of a loss on the latter: what the unrolled
+    GAN's look-ahead differentiates."""
+    w = torch.empty_like(x, dtype=torch.float32).copy_(torch.arange(x.numel()).view_as(x).sin())  # x's layout
+    grads = []
+    for create_graph in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+            y = nn.functional.leaky_relu(net(x.to(torch.bfloat16) if amp == "bf16" else x), 0.2)
+            grads.append(torch.autograd.grad((y.float() * w).sum(), (x, net.weight, net.bias),
+                                             create_graph=create_graph))
+    first, graphed = grads
+    second = torch.autograd.grad((graphed[0].float() * w).sum() + (graphed[1] * graphed[1]).sum(), (x, net.weight))
+    return y, first, [g.detach() for g in graphed], second
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_the_batch_norm_is_torchs_with_its_second_backward_written_out(channels_last, amp, momentum):
+    """The same parameters and buffers (strict state_dict), outputs, running statistics and first-order
+    gradients as nn.BatchNorm2d, bit for bit; the second-order gradients agree to the precision's
+    rounding; eval mode is torch's path."""
+    torch.manual_seed(0)
+    theirs, ours = nn.BatchNorm2d(6, momentum=momentum), BatchNorm2d(6, momentum=momentum)
+    with torch.no_grad():
+        theirs.weight.uniform_(0.5, 1.5), theirs.bias.uniform_(-0.5, 0.5)
+    ours.load_state_dict(theirs.state_dict())
+    x = _map(channels_last, torch.float32, (8, 6, 5, 5))
+    runs = {name: _first_and_second_order(net, x, amp) for name, net in (("ours", ours), ("theirs", theirs))}
+    (y, first, graphed, second), (y_t, first_t, graphed_t, second_t) = runs["ours"], runs["theirs"]
+    assert type(y.grad_fn.next_functions[0][0]).__name__.startswith("_BatchNormTrain")
+    assert y.dtype == y_t.dtype and torch.equal(y, y_t) and is_channels_last(y) == is_channels_last(y_t)
+    for a, b in zip(first, first_t):  # a training step's backward: torch's kernel
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    tol = dict(rtol=1e-4, atol=1e-4) if amp == "off" else dict(rtol=0.05, atol=0.05)  # bf16 maps in both
+    for a, b in zip([*graphed, *second], [*graphed_t, *second_t]):  # the backward written out, and its own
+        assert a.dtype == b.dtype and torch.allclose(a.float(), b.float(), **tol), (a - b).abs().max()
+        assert is_channels_last(a) == is_channels_last(b)
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+    ours.eval(), theirs.eval()
+    assert torch.equal(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_the_batch_norm_backward_written_out_is_twice_differentiable(affine):
+    """float64 against finite differences, and against torch's batch norm to the second order."""
+    x = _map(False, shape=(4, 3, 5, 5))
+    w, b = (torch.randn(3, dtype=torch.float64, requires_grad=True) if affine else None for _ in range(2))
+    f = lambda x, w, b: _BatchNormTrain.apply(x, w, b, None, None, 0.1, 1e-5)  # noqa: E731
+    ref = lambda x, w, b: nn.functional.batch_norm(x, None, None, w, b, True, 0.1, 1e-5)  # noqa: E731
+    inputs = (x, w, b) if affine else (x,)
+    assert torch.autograd.gradcheck(lambda *t: f(*t, *[None] * (3 - len(t))), inputs)
+    assert torch.autograd.gradgradcheck(lambda *t: f(*t, *[None] * (3 - len(t))), inputs)
+    gy = torch.randn(x.shape, dtype=torch.float64, requires_grad=True)
+    hessians = []
+    for fn in (f, ref):
+        first = torch.autograd.grad(fn(x, w, b), inputs, gy, create_graph=True)
+        hessians.append(torch.autograd.grad(sum((g * g.sin()).sum() for g in first), (*inputs[:2], gy)))
+    for a, b_ in zip(*hessians):
+        assert torch.allclose(a, b_, rtol=1e-9, atol=1e-10)

@@ -135,13 +135,74 @@ class ConvTranspose2d(nn.ConvTranspose2d):
                                                   self.groups, self.dilation)
 
 
+class _BatchNormTrain(torch.autograd.Function):
+    """Batch norm over the batch's statistics: torch's kernels forward and for a first-order
+    backward; a second backward (the unrolled GAN's look-ahead) differentiates the backward written
+    below instead of torch's batch-norm double backward, which sums each map over the batch dim
+    first (`sum(0)` of a channels_last map: 13x a contiguous one's) and hands float32 contiguous
+    gradients to channels_last bf16 layers."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
+        out, mean, rstd = torch.ops.aten.native_batch_norm(x, weight, bias, running_mean, running_var, True,
+                                                           momentum, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, mean, rstd = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a differentiable backward
+            with torch.autocast("cpu", enabled=False):
+                return (*_batch_norm_backward(grad, x, weight, ctx.eps), None, None, None, None)
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, mean, rstd, True,
+                                                               ctx.eps, list(ctx.needs_input_grad[:3]))
+        return gx, gw, gb, None, None, None, None
+
+
+def _batch_norm_backward(grad, x, weight, eps: float):
+    """The gradients of batch norm (batch statistics over dims 0, 2, 3) for x, weight and bias, from
+    differentiable ops that keep x's layout, in float32 at least. With c = x - mean, r = 1 / std:
+    dx = w r (g - mean(g) - c r^2 mean(g c)), dw = r sum(g c), db = sum(g)."""
+    dims, n = (0, 2, 3), x.numel() // x.shape[1]
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x32, g32 = x.to(dtype), grad.to(dtype)
+    c = x32 - x32.mean(dims, keepdim=True)
+    r = ((c * c).mean(dims, keepdim=True) + eps).rsqrt()
+    gc, gb = (g32 * c).sum(dims, keepdim=True), g32.sum(dims, keepdim=True)
+    k = r if weight is None else weight.view(1, -1, 1, 1).to(dtype) * r
+    gx = torch.addcmul(g32 - gb / n, c, r * r * gc / n, value=-1) * k  # a full-size operand first: x's layout
+    if weight is None:
+        return gx.to(x.dtype), None, None
+    return gx.to(x.dtype), (r * gc).flatten().to(weight.dtype), gb.flatten().to(weight.dtype)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d (same parameters, buffers and outputs) whose second backward, training on the
+    CPU, keeps the layer's layout and runs faster: with the LeakyReLU after it, 1.8-2x in bf16
+    channels_last, 1.7-2.5x float32 channels_last, 1.2-1.4x float32 contiguous (64 maps of 7x7, 32
+    of 14x14; 2 threads). A training step's backward is torch's own kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and x.device.type == "cpu" and torch.is_grad_enabled()):
+            return super().forward(x)
+        self._check_input_dim(x)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats:  # as nn.BatchNorm2d counts: momentum None = a cumulative average
+            self.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else momentum
+        return _BatchNormTrain.apply(x, self.weight, self.bias, self.running_mean, self.running_var, momentum,
+                                     self.eps)
+
+
 def make_norm(kind: str, channels: int, dims: int = 2) -> nn.Module:
     """'batch' | 'instance' | 'layer' | 'none' -> a normalisation layer for conv features.
 
     'layer' normalises over (C, H, W) per sample (GroupNorm with one group), which is what
     WGAN-GP recommends for the critic since batch norm breaks the per-sample gradient penalty."""
     if kind == "batch":
-        return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
+        return BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
     if kind == "instance":  # = nn.InstanceNorm2d(channels, affine=True), same state_dict keys
         return GroupNorm(channels, channels)
     if kind == "layer":
@@ -176,7 +237,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
         names = list(seq._modules)
         for conv_name, bn_name in zip(names, names[1:]):
             conv, bn = seq._modules[conv_name], seq._modules[bn_name]
-            if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and type(bn) is nn.BatchNorm2d \
+            if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(bn, nn.BatchNorm2d) \
                     and bn.track_running_stats and not nn.utils.parametrize.is_parametrized(conv):
                 seq._modules[conv_name] = fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
                 seq._modules[bn_name] = nn.Identity()
