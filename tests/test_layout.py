@@ -1,8 +1,8 @@
 """Memory-format and speed helpers of the nets (genlab/nets/common.py): layout changes that hand
 gradients back in the layout each side saved, the instance norm computed by group norm's kernel, the
 transposed convolution whose bias gradient is a separate sum, the batch norm whose second backward
-is written out. They must compute exactly what the
-plain torch ops compute; only the layouts and the kernels differ."""
+is written out. They must compute exactly what the plain torch ops compute; only the layouts and the
+kernels differ."""
 import pytest
 import torch
 from torch import nn
@@ -58,7 +58,8 @@ def test_the_instance_norm_is_torchs_instance_norm(channels_last, amp):
     torch.manual_seed(0)
     theirs = nn.InstanceNorm2d(4, affine=True)
     with torch.no_grad():
-        theirs.weight.uniform_(0.5, 1.5), theirs.bias.uniform_(-0.5, 0.5)
+        theirs.weight.uniform_(0.5, 1.5)
+        theirs.bias.uniform_(-0.5, 0.5)
     ours = make_norm("instance", 4)
     ours.load_state_dict(theirs.state_dict())  # strict: the same keys
     x = _map(channels_last, torch.float32, (8, 4, 7, 7))
@@ -148,7 +149,8 @@ def test_the_batch_norm_is_torchs_with_its_second_backward_written_out(channels_
     torch.manual_seed(0)
     theirs, ours = nn.BatchNorm2d(6, momentum=momentum), BatchNorm2d(6, momentum=momentum)
     with torch.no_grad():
-        theirs.weight.uniform_(0.5, 1.5), theirs.bias.uniform_(-0.5, 0.5)
+        theirs.weight.uniform_(0.5, 1.5)
+        theirs.bias.uniform_(-0.5, 0.5)
     ours.load_state_dict(theirs.state_dict())
     x = _map(channels_last, torch.float32, (8, 6, 5, 5))
     runs = {name: _first_and_second_order(net, x, amp) for name, net in (("ours", ours), ("theirs", theirs))}
@@ -163,8 +165,7 @@ def test_the_batch_norm_is_torchs_with_its_second_backward_written_out(channels_
         assert is_channels_last(a) == is_channels_last(b)
     for key, value in theirs.state_dict().items():
         assert torch.equal(ours.state_dict()[key], value), key
-    ours.eval(), theirs.eval()
-    assert torch.equal(ours(x), theirs(x))
+    assert torch.equal(ours.eval()(x), theirs.eval()(x))
 
 
 @pytest.mark.parametrize("affine", [True, False])

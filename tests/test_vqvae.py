@@ -10,6 +10,8 @@ from genlab.cli import app
 from genlab.config import ConfigError
 from genlab.data import DataInfo
 from genlab.families.base import build_family
+from genlab.families.vqvae import code_cross_entropy
+from genlab.nets.common import is_channels_last
 from genlab.nets.quantizer import VectorQuantizer, perplexity
 
 
@@ -124,6 +126,28 @@ def test_dead_codes_are_restarted_from_encoder_outputs():
 def test_perplexity():
     assert perplexity(torch.tensor([5, 5, 5, 5])) == pytest.approx(4)
     assert perplexity(torch.tensor([7, 0, 0])) == pytest.approx(1)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_priors_cross_entropy_is_torchs_over_the_code_dim(channels_last, dtype):
+    """Over the rows of channels_last logits or dim 1 of contiguous ones: torch's cross entropy over
+    dim 1 in float32, to float32 rounding, values and gradients; the gradient in the logits' layout."""
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(4, 512, 7, 7, generator=g) * 3).to(dtype)
+    logits = logits.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    logits.requires_grad_()
+    codes = torch.randint(0, 512, (4, 7, 7), generator=g)
+    ours = code_cross_entropy(logits, codes)
+    theirs = torch.nn.functional.cross_entropy(logits.float(), codes, reduction="none")
+    assert ours.dtype == torch.float32 and ours.shape == codes.shape
+    assert torch.allclose(ours, theirs, rtol=1e-6, atol=1e-5)
+    weights = torch.rand(codes.shape, generator=g)
+    (grad,) = torch.autograd.grad((ours * weights).sum(), logits)
+    (want,) = torch.autograd.grad((theirs * weights).sum(), logits)
+    rtol = 1e-2 if dtype == torch.bfloat16 else 1e-5  # the gradient rounded to the logits' dtype
+    assert grad.dtype == dtype and torch.allclose(grad.float(), want.float(), rtol=rtol, atol=1e-6)
+    assert is_channels_last(grad) == channels_last
 
 
 def _vqvae(binarized=False, extra=()):

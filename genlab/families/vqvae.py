@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ..fields import option
 from ..config import ConfigError, OptimConfig
+from ..nets.common import is_channels_last
 from ..nets.pixelcnn import raster_sample
 from ..nets.quantizer import Quantized, VectorQuantizer, perplexity
 from ..nets.vae import VQDecoder, VQEncoder
@@ -235,6 +236,17 @@ def load_vqvae(o: PriorOptions, cfg, info, device: torch.device) -> VQVAEFamily:
     return run.family
 
 
+def code_cross_entropy(logits: Tensor, codes: Tensor) -> Tensor:
+    """-log softmax(logits)[code] in float32 at every position (B, h, w) of (B, K, h, w) logits.
+    channels_last logits are rows of K already: cross entropy over that (B*h*w, K) view gives the
+    same values as over dim 1 of the map, whose log-softmax ran 2-3x slower here (64x512x7x7 float32,
+    forward + backward 6.8 against 3.7 ms); contiguous logits would need a copy, and keep the map."""
+    if not is_channels_last(logits):
+        return F.cross_entropy(logits.float(), codes, reduction="none")
+    rows = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])  # a view, no copy
+    return F.cross_entropy(rows.float(), codes.reshape(-1), reduction="none").view(codes.shape)
+
+
 @register("family", "prior")
 class PriorFamily(FamilyBase):
     Options = PriorOptions
@@ -260,8 +272,10 @@ class PriorFamily(FamilyBase):
     def nll(self, codes: Tensor, net: nn.Module | None = None) -> Tensor:
         """-log p(code map) in nats per map (B,)."""
         net = self.net if net is None else net  # not `net or`: a compiled net has no truth value
-        logits = net(codes[:, None])[:, 0]  # (B, K, h, w)
-        return F.cross_entropy(logits.float(), codes, reduction="none").flatten(1).sum(1)
+        # (B, 1, K, h, w) -> (B, K, h, w) by squeeze, a view whose backward keeps the gradient's layout
+        # ([:, 0]'s backward wrote it into a new contiguous map for the channels_last 1x1 conv before)
+        logits = net(codes[:, None]).squeeze(1)
+        return code_cross_entropy(logits, codes).flatten(1).sum(1)
 
     def train_step(self, batch, step: int) -> dict[str, Tensor]:
         with torch.autocast(self.device.type, enabled=False):  # the frozen encoder's codes, as sampled later
