@@ -15,6 +15,12 @@ warm-up steps), the ratio to the first variant listed, FLOPs per step (torch.uti
 counted on the fp32 step) and the achieved GFLOP/s as a percentage of the fp32 and bf16 matmul
 peaks measured in this same run (square matmuls, median of repeats; the bf16 peak only where bf16
 is native). Threads: all cores unless --threads.
+
+--kernels adds, per model, how close its default step could come with the kernels it calls: the
+step's FLOP-counted calls (convolutions, their backward, matmuls) are recorded with copies of their
+arguments and replayed alone, same shapes, layouts, dtypes and threads, against the whole step
+(median of --repeats, taking turns): the GFLOP/s the step would reach if everything else (norms,
+activations, the optimizer, Python) cost nothing.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import time
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map_only
 from torch.utils.flop_counter import flop_registry
 
 from genlab import config as C
@@ -119,6 +126,46 @@ def flops_per_step(model: str) -> float:
     return float(counter.total)
 
 
+class KernelCapture(TorchDispatchMode):
+    """Records every FLOP-counted call (the ops flop_registry has formulas for) with copies of its
+    tensor arguments, for replay()."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func._overloadpacket in flop_registry:
+            copy = tree_map_only(torch.Tensor, lambda t: t.detach().clone(memory_format=torch.preserve_format),
+                                 (args, kwargs))
+            self.calls.append((func, *copy))
+        return func(*args, **kwargs)
+
+    def replay(self) -> None:
+        for func, args, kwargs in self.calls:
+            func(*args, **kwargs)
+
+
+def kernel_bound(model: str, repeats: int, steps: int = 10) -> tuple[float, float]:
+    """Seconds of one default step and of its FLOP-counted calls replayed alone (medians of
+    `repeats` timings of `steps`, the two taking turns)."""
+    cfg, family, sampler, _ = setup(model, "default")
+    one = step_fn(cfg, family, sampler)
+    for _ in range(3):
+        one()
+    with KernelCapture() as capture:
+        one()
+    times: dict = {one: [], capture.replay: []}
+    for _ in range(repeats):
+        for fn, ts in times.items():
+            t = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            ts.append((time.perf_counter() - t) / steps)
+    return statistics.median(times[one]), statistics.median(times[capture.replay])
+
+
 def images_per_sec(model: str, variants: list[str], steps: int, repeats: int, warmup: int = 3) -> dict:
     """Median images/s of each variant; the variants take turns within every repeat, so drift on a
     noisy machine hits them all alike."""
@@ -145,6 +192,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--kernels", action="store_true", help="also replay each default step's convolutions and "
+                    "matmuls alone: the GFLOP/s its kernels allow")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -173,6 +222,13 @@ def main() -> None:
             print(f"{model:<16}{variant:<9}{ips:>9.0f}{ips / base:>8.2f}x{flops / 1e9:>12.2f}{gflops:>9.1f}"
                   f"{100 * gflops / fp32_peak:>10.0f}%{of_bf16}  "
                   f"{shipped.resolved['precision']}, channels_last {shipped.train.channels_last}", flush=True)
+        if args.kernels:
+            step, alone = kernel_bound(model, args.repeats)
+            bound = flops / alone / 1e9
+            of_bf16 = f", {100 * bound / bf16_peak:.0f}% of the bf16" if bf16_peak else ""
+            print(f"{'':<16}kernels: default step {1e3 * step:.1f} ms, {flops / step / 1e9:.0f} GFLOP/s; its "
+                  f"convolutions and matmuls alone {1e3 * alone:.1f} ms ({100 * alone / step:.0f}% of it): "
+                  f"{bound:.0f} GFLOP/s, {100 * bound / fp32_peak:.0f}% of the fp32 peak{of_bf16}", flush=True)
 
 
 if __name__ == "__main__":
