@@ -6,6 +6,7 @@ kernels differ."""
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from genlab.nets.common import BatchNorm2d, ConvTranspose2d, Flatten, is_channels_last, make_norm, to_layout
 from genlab.nets.common import _BatchNormTrain, _ConvTransposeSummedBias
@@ -185,3 +186,29 @@ def test_the_batch_norm_backward_written_out_is_twice_differentiable(affine):
         hessians.append(torch.autograd.grad(sum((g * g.sin()).sum() for g in first), (*inputs[:2], gy)))
     for a, b_ in zip(*hessians):
         assert torch.allclose(a, b_, rtol=1e-9, atol=1e-10)
+
+
+class _LayoutsPerOp(TorchDispatchMode):
+    """Records each op that gets full-size maps of `shape` in both layouts (channels_last and
+    contiguous; broadcast operands aside): where torch's CPU elementwise kernels leave their fast path."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.mixed = torch.Size(shape), []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        maps = [a for a in args if isinstance(a, torch.Tensor) and a.shape == self.shape and 0 not in a.stride()]
+        if len({is_channels_last(m) for m in maps}) > 1 and func is not torch.ops.aten.copy_.default:  # a layout copy
+            self.mixed.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_the_batch_norm_second_backward_keeps_one_layout(amp):
+    """Every op of the layer's create_graph backward and of the backward through it sees a
+    channels_last map's full-size operands in one layout (mean()'s backward, for one, would hand over
+    a new contiguous map)."""
+    x = _map(True, torch.float32, (8, 6, 5, 5))
+    with _LayoutsPerOp(x.shape) as seen:
+        _first_and_second_order(BatchNorm2d(6), x, amp)
+    assert seen.mixed == []

@@ -168,8 +168,10 @@ def _batch_norm_backward(grad, x, weight, eps: float):
     dims, n = (0, 2, 3), x.numel() // x.shape[1]
     dtype = torch.promote_types(x.dtype, torch.float32)
     x32, g32 = x.to(dtype), grad.to(dtype)
-    c = x32 - x32.mean(dims, keepdim=True)
-    r = ((c * c).mean(dims, keepdim=True) + eps).rsqrt()
+    # sums divided afterwards, not means: mean's backward divides the expanded gradient into a new
+    # contiguous map, which the channels_last ops after it then mix with (the same values, bit for bit)
+    c = x32 - x32.sum(dims, keepdim=True) / n
+    r = ((c * c).sum(dims, keepdim=True) / n + eps).rsqrt()
     gc, gb = (g32 * c).sum(dims, keepdim=True), g32.sum(dims, keepdim=True)
     k = r if weight is None else weight.view(1, -1, 1, 1).to(dtype) * r
     gx = torch.addcmul(g32 - gb / n, c, r * r * gc / n, value=-1) * k  # a full-size operand first: x's layout
