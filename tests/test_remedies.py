@@ -14,7 +14,7 @@ from genlab import config as C
 from genlab.data import DataInfo
 from genlab.errors import ConfigError
 from genlab.families.base import build_family
-from genlab.families.gan_remedies import Packing, _adam_step, _sgd_step, _start_state, _strided_like, check_batch
+from genlab.families.gan_remedies import Packing, _adam_steps, _sgd_steps, _start_states, _strided_like, check_batch
 from genlab.nets.common import MinibatchStd
 from genlab.registry import available, get
 from genlab.train import Trainer
@@ -292,47 +292,64 @@ def test_unroll_zero_is_the_plain_gan():
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_adam_step_matches_torch_adam(weight_decay):
+def test_adam_steps_match_torch_adam(weight_decay):
+    """The look-ahead's written-out Adam (foreach ops over a list of tensors) takes torch.optim.Adam's
+    steps, and continues from a copy of its state."""
     torch.manual_seed(0)
-    p0 = torch.randn(6)
-    grads = [torch.randn(6) for _ in range(3)]
-    grads[0][2] = 0.0  # a zero gradient entry (v = 0 after the first step there)
-    p = nn.Parameter(p0.clone())
-    opt = torch.optim.Adam([p], lr=0.05, betas=(0.5, 0.9), eps=1e-8, weight_decay=weight_decay)
+    p0 = [torch.randn(6), torch.randn(2, 3)]
+    grads = [[torch.randn_like(t) for t in p0] for _ in range(3)]
+    grads[0][0][2] = 0.0  # a zero gradient entry (v = 0 after the first step there)
+    ps = [nn.Parameter(t.clone()) for t in p0]
+    opt = torch.optim.Adam(ps, lr=0.05, betas=(0.5, 0.9), eps=1e-8, weight_decay=weight_decay)
     group = {k: opt.param_groups[0][k] for k in ("lr", "betas", "eps", "weight_decay")}
-    q, state = p0.clone(), {"step": 0, "exp_avg": torch.zeros(6), "exp_avg_sq": torch.zeros(6)}
-    for i, g in enumerate(grads):
-        p.grad = g.clone()
+    qs, state = [t.clone() for t in p0], {"step": 0, "exp_avg": [torch.zeros_like(t) for t in p0],
+                                         "exp_avg_sq": [torch.zeros_like(t) for t in p0]}
+    for i, gs in enumerate(grads):
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
         opt.step()
-        q, state = _adam_step(q, g, state, group)
+        qs, state = _adam_steps(qs, gs, state, group)
         assert state["step"] == i + 1
-        assert torch.allclose(q, p.detach(), atol=1e-6), (i, q, p)
-        assert torch.allclose(state["exp_avg"], opt.state[p]["exp_avg"], atol=1e-7)
-        assert torch.allclose(state["exp_avg_sq"], opt.state[p]["exp_avg_sq"], atol=1e-7)
-    assert not torch.allclose(q, p0, atol=1e-3)
+        for j, p in enumerate(ps):
+            assert torch.allclose(qs[j], p.detach(), atol=1e-6), (i, j)
+            assert torch.allclose(state["exp_avg"][j], opt.state[p]["exp_avg"], atol=1e-7)
+            assert torch.allclose(state["exp_avg_sq"][j], opt.state[p]["exp_avg_sq"], atol=1e-7)
+    assert not torch.allclose(qs[0], p0[0], atol=1e-3)
 
     # continuing from the optimizer's own state (what the look-ahead starts from)
-    start, grp = _start_state(opt, p)
-    assert grp is opt.param_groups[0] and start["step"] == 3
-    assert start["exp_avg"] is not opt.state[p]["exp_avg"]  # a copy
-    g = torch.randn(6)
-    q, _ = _adam_step(p.detach().clone(), g, start, grp)
-    p.grad = g
+    [(names, start, grp)] = _start_states(opt, {"a": ps[0], "b": ps[1]})
+    assert names == ["a", "b"] and grp is opt.param_groups[0] and start["step"] == 3
+    assert start["exp_avg"][1] is not opt.state[ps[1]]["exp_avg"]  # a copy
+    assert torch.equal(start["exp_avg"][1], opt.state[ps[1]]["exp_avg"])
+    gs = [torch.randn_like(t) for t in p0]
+    qs, _ = _adam_steps([p.detach().clone() for p in ps], gs, start, grp)
+    for p, g in zip(ps, gs):
+        p.grad = g
     opt.step()
-    assert torch.allclose(q, p.detach(), atol=1e-6)
-    fresh = nn.Parameter(torch.zeros(3))
-    st, _ = _start_state(torch.optim.Adam([fresh]), fresh)
-    assert st["step"] == 0 and torch.equal(st["exp_avg"], torch.zeros(3))
+    assert all(torch.allclose(q, p.detach(), atol=1e-6) for q, p in zip(qs, ps))
 
 
-def test_adam_step_is_differentiable_at_zero_second_moment():
+def test_the_lookahead_steps_together_only_what_shares_a_group_and_a_step_count():
+    stepped, fresh, other = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(1))
+    opt = torch.optim.Adam([{"params": [stepped, fresh]}, {"params": [other], "lr": 0.5}])
+    stepped.grad = torch.ones(2)
+    opt.step()  # only `stepped` has a gradient: `fresh` and `other` keep no state
+    lists = _start_states(opt, {"s": stepped, "f": fresh, "o": other})
+    by_name = {tuple(names): (state, group) for names, state, group in lists}
+    assert set(by_name) == {("s",), ("f",), ("o",)}
+    assert by_name[("s",)][0]["step"] == 1 and by_name[("f",)][0]["step"] == 0
+    assert torch.equal(by_name[("f",)][0]["exp_avg"][0], torch.zeros(3))
+    assert by_name[("o",)][1]["lr"] == 0.5
+
+
+def test_adam_steps_are_differentiable_at_zero_second_moment():
     p = torch.randn(4, requires_grad=True)
     g = torch.tensor([0.0, 1.0, -2.0, 0.0], requires_grad=True)
-    state = {"step": 0, "exp_avg": torch.zeros(4), "exp_avg_sq": torch.zeros(4)}
-    q, _ = _adam_step(p, g, state, {"lr": 0.1, "betas": (0.5, 0.999), "eps": 1e-8, "weight_decay": 0.0})
+    state = {"step": 0, "exp_avg": [torch.zeros(4)], "exp_avg_sq": [torch.zeros(4)]}
+    [q], _ = _adam_steps([p], [g], state, {"lr": 0.1, "betas": (0.5, 0.999), "eps": 1e-8, "weight_decay": 0.0})
     q.sum().backward()
     assert torch.isfinite(g.grad).all() and torch.isfinite(p.grad).all()
-    q2, st = _sgd_step(p, g, state, {"lr": 0.1})
+    [q2], st = _sgd_steps([p], [g], state, {"lr": 0.1})
     assert torch.allclose(q2, p - 0.1 * g) and st is state
 
 
