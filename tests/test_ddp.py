@@ -38,6 +38,9 @@ TINY = {
     "gan": ["gan.g_width=4", "gan.d_width=4", "gan.latent_dim=8", "train.sync_bn=true",
             f"gan.g_optim.{EPS}", f"gan.d_optim.{EPS}",
             "eval.every=3", "eval.n=128", "eval.batch_size=32", "eval.metrics=fid,kid"],  # periodic eval, sharded
+    # the look-ahead's gradients averaged over ranks with autograd (second-order terms included)
+    "unrolled-gan": ["gan.g_width=4", "gan.d_width=4", "gan.latent_dim=8", "gan.unroll=2", "train.sync_bn=true",
+                     f"gan.g_optim.{EPS}", f"gan.d_optim.{EPS}"],
     "wgan-gp": ["gan.g_width=4", "gan.d_width=4", "gan.latent_dim=8", "gan.n_critic=2", "train.sync_bn=true",
                 f"gan.g_optim.{EPS}", f"gan.d_optim.{EPS}"],
     "vae": ["vae.width=4", "vae.latent_dim=4", "vae.iw_samples=8", "vae.iw_batch=64", f"vae.optim.{EPS}"],

@@ -16,7 +16,11 @@ def _active() -> bool:
 
 
 class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks with a gradient: the backward of a sum is the sum of the ranks' gradients."""
+    """Sum over ranks with a gradient: the backward of a sum is the sum of the ranks' gradients --
+    itself computed by this Function, so that a create_graph backward (a gradient penalty, the
+    unrolled GAN's look-ahead, through sync_bn's statistics) can be differentiated again: an
+    all-reduce of a clone would record only the clone, and the second-order terms of the other
+    ranks' samples would be lost."""
 
     @staticmethod
     def forward(ctx, t: Tensor) -> Tensor:
@@ -26,9 +30,7 @@ class _AllReduceSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
+        return _AllReduceSum.apply(grad)
 
 
 def all_reduce_sum(t: Tensor, grad: bool = False) -> Tensor:
