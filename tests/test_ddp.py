@@ -243,3 +243,38 @@ def test_exit_process_is_sys_exit_in_a_process_that_never_joined_a_group():
     with pytest.raises(SystemExit) as e:
         exit_process(3)
     assert e.value.code == 3
+
+
+def test_sync_bn_is_made_of_differentiable_ops_where_a_module_is_differentiated_twice():
+    """torch's SyncBatchNorm (CUDA) has a backward autograd cannot differentiate again; genlab's own
+    is plain ops and differentiable all-reduces (its parity, second order included: unrolled-gan
+    above). Only which class each case gets is checked here: nothing is moved to a GPU."""
+    from torch import nn
+
+    from genlab.parallel.modules import ComposedSyncBatchNorm, convert_sync_batchnorm
+
+    def norm(device: str, twice: bool) -> nn.Module:
+        net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+        return convert_sync_batchnorm(net, torch.device(device), twice)[1]
+
+    assert type(norm("cuda", False)) is nn.SyncBatchNorm
+    assert type(norm("cuda", True)) is ComposedSyncBatchNorm
+    assert type(norm("cpu", False)) is ComposedSyncBatchNorm is type(norm("cpu", True))
+
+
+@pytest.mark.parametrize("model, twice", [("gan", False), ("wgan-gp", True), ("unrolled-gan", True)])
+def test_the_gan_asks_for_a_twice_differentiable_discriminator_when_it_needs_one(monkeypatch, model, twice):
+    from genlab.data import DataInfo
+    from genlab.families import gan
+    from genlab.families.base import build_family
+
+    real, asked = gan.prepare_module, []
+
+    def recording(module, train_cfg, device, twice_differentiable=False):
+        asked.append(twice_differentiable)
+        return real(module, train_cfg, device, twice_differentiable)
+
+    monkeypatch.setattr(gan, "prepare_module", recording)
+    cfg = C.resolve(model, sets=["gan.g_width=4", "gan.d_width=4"])
+    build_family(cfg, DataInfo("mnist", "image", (1, 28, 28), 10), torch.device("cpu"))
+    assert asked == [False, twice]  # G, then D

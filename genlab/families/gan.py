@@ -118,7 +118,9 @@ class GANFamily(FamilyBase):
         D = _build_net(D, d_name, "gan.d_args", o.d_args, self.pack.shape(shape), width=o.d_width, norm=o.d_norm,
                        spectral_norm=o.spectral_norm, **remedy_args)
         self.G, self.G_train = prepare_module(G, cfg.train, device)
-        self.D, self.D_train = prepare_module(D, cfg.train, device)
+        # penalties and the look-ahead differentiate D's gradients again (sync_bn must allow it)
+        self.D, self.D_train = prepare_module(D, cfg.train, device,
+                                              twice_differentiable=bool(self.regularizers) or o.unroll > 0)
         self.opt_g = Update(self.G.parameters(), o.g_optim, cfg.train, device)
         self.opt_d = Update(self.D.parameters(), o.d_optim, cfg.train, device)
         self.batches_per_step = o.n_critic

@@ -20,8 +20,10 @@ from .collectives import all_reduce_sum
 from .world import world
 
 
-class CPUSyncBatchNorm(_BatchNorm):
-    """BatchNorm whose batch statistics cover every rank's batch (torch's SyncBatchNorm is CUDA-only).
+class ComposedSyncBatchNorm(_BatchNorm):
+    """BatchNorm whose batch statistics cover every rank's batch, composed of plain ops: on the CPU
+    (torch's SyncBatchNorm is CUDA-only), and on CUDA for modules that are differentiated twice
+    (torch's backward is fused kernels that autograd cannot differentiate again).
 
     Two all-reduces per call (sum, then the sum of squared deviations), both differentiable, so the
     gradient is that of BatchNorm over the global batch. Outside training, or in one process, it is
@@ -55,14 +57,16 @@ class CPUSyncBatchNorm(_BatchNorm):
         self.running_var.lerp_(unbiased_var, m)
 
 
-def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """Every BatchNorm layer of `module` -> one synchronised over ranks (torch's on CUDA, ours on CPU).
-    Parameters and buffers are carried over, so the optimizer may be built before or after."""
-    if device.type == "cuda":
+def convert_sync_batchnorm(module: nn.Module, device: torch.device, twice_differentiable: bool = False) -> nn.Module:
+    """Every BatchNorm layer of `module` -> one synchronised over ranks: torch's on CUDA, ours on the
+    CPU and wherever the module's gradients are differentiated again (`twice_differentiable`: a
+    gradient penalty, the unrolled GAN's look-ahead). Parameters and buffers are carried over, so
+    the optimizer may be built before or after."""
+    if device.type == "cuda" and not twice_differentiable:
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    if isinstance(module, _BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
-        out = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                               module.track_running_stats)
+    if isinstance(module, _BatchNorm) and not isinstance(module, ComposedSyncBatchNorm):
+        out = ComposedSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                    module.track_running_stats)
         if module.affine:
             out.weight, out.bias = module.weight, module.bias
         if module.track_running_stats:
@@ -71,7 +75,7 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
         out.train(module.training)
         return out
     for name, child in module.named_children():
-        new = convert_sync_batchnorm(child, device)
+        new = convert_sync_batchnorm(child, device, twice_differentiable)
         if new is not child:
             setattr(module, name, new)
     return module
@@ -81,12 +85,15 @@ def _has_batchnorm(module: nn.Module) -> bool:
     return any(isinstance(m, _BatchNorm) for m in module.modules())
 
 
-def prepare_module(module: nn.Module, train_cfg, device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """(plain module, training view) -- see the module docstring. `train_cfg` is the run's TrainConfig."""
+def prepare_module(module: nn.Module, train_cfg, device: torch.device,
+                   twice_differentiable: bool = False) -> tuple[nn.Module, nn.Module]:
+    """(plain module, training view) -- see the module docstring. `train_cfg` is the run's TrainConfig;
+    `twice_differentiable`: the family differentiates the module's gradients again (see
+    convert_sync_batchnorm)."""
     w = world()
     module = module.to(device)
     if train_cfg.sync_bn and w.distributed and _has_batchnorm(module):
-        module = convert_sync_batchnorm(module, device)
+        module = convert_sync_batchnorm(module, device, twice_differentiable)
     if train_cfg.channels_last in ("on", True):
         module = module.to(memory_format=torch.channels_last)
     view: nn.Module = module
