@@ -14,9 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from genlab import checkpoint
 from genlab import config as C
+from genlab.data import DataInfo
+from genlab.families import gan
+from genlab.families.base import build_family
+from genlab.parallel.modules import ComposedSyncBatchNorm, convert_sync_batchnorm
 from genlab.train import Trainer
 from statedicts import state_tensors  # tests/statedicts.py
 
@@ -249,10 +254,6 @@ def test_sync_bn_is_made_of_differentiable_ops_where_a_module_is_differentiated_
     """torch's SyncBatchNorm (CUDA) has a backward autograd cannot differentiate again; genlab's own
     is plain ops and differentiable all-reduces (its parity, second order included: unrolled-gan
     above). Only which class each case gets is checked here: nothing is moved to a GPU."""
-    from torch import nn
-
-    from genlab.parallel.modules import ComposedSyncBatchNorm, convert_sync_batchnorm
-
     def norm(device: str, twice: bool) -> nn.Module:
         net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
         return convert_sync_batchnorm(net, torch.device(device), twice)[1]
@@ -264,10 +265,6 @@ def test_sync_bn_is_made_of_differentiable_ops_where_a_module_is_differentiated_
 
 @pytest.mark.parametrize("model, twice", [("gan", False), ("wgan-gp", True), ("unrolled-gan", True)])
 def test_the_gan_asks_for_a_twice_differentiable_discriminator_when_it_needs_one(monkeypatch, model, twice):
-    from genlab.data import DataInfo
-    from genlab.families import gan
-    from genlab.families.base import build_family
-
     real, asked = gan.prepare_module, []
 
     def recording(module, train_cfg, device, twice_differentiable=False):

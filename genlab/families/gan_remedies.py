@@ -107,8 +107,10 @@ def _start_states(opt: torch.optim.Optimizer, named: dict[str, nn.Parameter]) ->
         state = opt.state.get(p, {})
         fresh = "exp_avg" not in state
         step = 0 if fresh else float(state["step"])
-        names, moments, _ = lists.setdefault((id(group), step), ([], {"step": step, "exp_avg": [], "exp_avg_sq": []},
-                                                                 group))
+        together = (id(group), step)
+        if together not in lists:
+            lists[together] = ([], {"step": step, "exp_avg": [], "exp_avg_sq": []}, group)
+        names, moments, _ = lists[together]
         names.append(n)
         for key in ("exp_avg", "exp_avg_sq"):
             moments[key].append(torch.zeros_like(p) if fresh else state[key].detach().clone())
